@@ -1,0 +1,48 @@
+#pragma once
+// Experts: E feed-forward networks held as stacked weights, run over a buffer of tokens grouped by
+// expert. The grouped path multiplies each expert's contiguous slice in place (one GEMM per non-empty
+// expert, no padding, no concatenation), as grouped-GEMM kernels do; `forward_reference` is the plain
+// per-expert loop of differentiable ops (Megatron's SequentialMLP) that the tests hold it to.
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <vector>
+
+namespace moe {
+
+// SwiGLU: w2(silu(x w1) * (x w3)), as Mixtral. GELU: w2(gelu(x w1)), as Switch and GShard.
+enum class ExpertType { kSwiGLU, kGELU };
+
+struct ExpertsOptions {
+  int64_t num_experts = 8;  // experts held by this module (the local ones under expert parallelism)
+  int64_t hidden_size = 0;
+  int64_t ffn_hidden_size = 0;
+  ExpertType type = ExpertType::kSwiGLU;
+  double init_std = 0.02;
+};
+
+class ExpertsImpl : public torch::nn::Module {
+ public:
+  explicit ExpertsImpl(const ExpertsOptions& options);
+
+  // x_ND: rows grouped by expert, tokens_per_expert[e] rows for expert e, in order. Returns y_ND.
+  at::Tensor forward(const at::Tensor& x_ND, const std::vector<int64_t>& tokens_per_expert);
+  at::Tensor forward_reference(const at::Tensor& x_ND, const std::vector<int64_t>& tokens_per_expert);
+
+  const ExpertsOptions& options() const { return options_; }
+  at::Tensor w1;  // [E, D, F]
+  at::Tensor w3;  // [E, D, F] (SwiGLU only; undefined for GELU)
+  at::Tensor w2;  // [E, F, D]
+
+ private:
+  void check_counts(const at::Tensor& x_ND, const std::vector<int64_t>& tokens_per_expert) const;
+  ExpertsOptions options_;
+};
+TORCH_MODULE(Experts);
+
+// y[rows of e] = x[rows of e] @ w_EIO[e] for each group, differentiable in x and w. Groups of zero rows
+// get zero weight gradient.
+at::Tensor grouped_matmul(const at::Tensor& x_NI, const at::Tensor& w_EIO,
+                          const std::vector<int64_t>& rows_per_group);
+
+}  // namespace moe

@@ -1,0 +1,131 @@
+#include "core/router.h"
+
+#include <cmath>
+
+#include "core/check.h"
+
+namespace moe {
+
+RouterImpl::RouterImpl(const RouterOptions& options) : options_(options) {
+  const auto& o = options_;
+  MOE_CHECK(o.hidden_size > 0, "router: hidden_size (", o.hidden_size, ") must be positive");
+  MOE_CHECK(o.num_experts > 0, "router: num_experts (", o.num_experts, ") must be positive");
+  MOE_CHECK(o.top_k >= 1 && o.top_k <= o.num_experts, "router: top_k (", o.top_k,
+            ") must be between 1 and num_experts (", o.num_experts, ")");
+  MOE_CHECK(!o.capacity_factor || *o.capacity_factor >= 0, "router: capacity_factor (",
+            o.capacity_factor.value_or(0), ") must be >= 0 or null (dropless)");
+  MOE_CHECK(!o.eval_capacity_factor || *o.eval_capacity_factor >= 0, "router: eval_capacity_factor (",
+            o.eval_capacity_factor.value_or(0), ") must be >= 0 or null (dropless)");
+  MOE_CHECK(o.jitter_eps >= 0 && o.jitter_eps < 1, "router: jitter_eps (", o.jitter_eps,
+            ") must be in [0, 1)");
+  MOE_CHECK(o.bias_update_rate >= 0, "router: bias_update_rate (", o.bias_update_rate, ") must be >= 0");
+  weight = register_parameter(
+      "weight", at::randn({o.num_experts, o.hidden_size}, at::kFloat).mul_(o.init_std));
+  expert_bias = register_buffer("expert_bias", at::zeros({o.num_experts}, at::kFloat));
+}
+
+at::Tensor RouterImpl::gate(const at::Tensor& x_TD) {
+  at::Tensor x = x_TD.to(at::kFloat);
+  if (is_training() && options_.jitter_eps > 0) {
+    x = x * at::empty_like(x).uniform_(1.0 - options_.jitter_eps, 1.0 + options_.jitter_eps);
+  }
+  return at::linear(x, weight);
+}
+
+int64_t RouterImpl::capacity(int64_t num_tokens, std::optional<double> factor) const {
+  if (!factor) return -1;
+  return static_cast<int64_t>(std::ceil(*factor * static_cast<double>(num_tokens * options_.top_k) /
+                                        static_cast<double>(options_.num_experts)));
+}
+
+at::Tensor capacity_keep_mask(const at::Tensor& expert_ids_TK, const at::Tensor& probs_TK,
+                              int64_t num_experts, int64_t capacity, DropPolicy policy) {
+  at::NoGradGuard no_grad;
+  const at::Tensor ids = expert_ids_TK.reshape({-1});
+  // Order assignments by expert and, within an expert, by priority; stable sorts keep the flat
+  // (token-major) order as the tie-break, which is the `position` priority itself.
+  at::Tensor order;
+  if (policy == DropPolicy::kProbability) {
+    order = std::get<1>(at::sort(probs_TK.reshape({-1}).neg(), /*stable=*/true, 0, false));
+    order = order.index_select(0, std::get<1>(at::sort(ids.index_select(0, order), true, 0, false)));
+  } else {
+    order = std::get<1>(at::sort(ids, /*stable=*/true, 0, false));
+  }
+  const at::Tensor sorted_ids = ids.index_select(0, order);
+  const at::Tensor counts = at::bincount(ids, {}, num_experts);
+  const at::Tensor starts = counts.cumsum(0) - counts;
+  const at::Tensor rank_in_expert =
+      at::arange(ids.numel(), ids.options()) - starts.index_select(0, sorted_ids);
+  at::Tensor keep = at::empty({ids.numel()}, ids.options().dtype(at::kBool));
+  keep.index_put_({order}, rank_in_expert < capacity);
+  return keep.view(expert_ids_TK.sizes());
+}
+
+Routing RouterImpl::route(const at::Tensor& logits_TE, bool training) const {
+  const auto& o = options_;
+  MOE_CHECK(logits_TE.dim() == 2 && logits_TE.size(1) == o.num_experts, "router: logits must be [T, ",
+            o.num_experts, "], got ", logits_TE.sizes());
+  const int64_t T = logits_TE.size(0), E = o.num_experts, K = o.top_k;
+  {
+    const int64_t bad = at::isfinite(logits_TE).logical_not().any(1).sum().item<int64_t>();
+    MOE_CHECK(bad == 0, "router: ", bad, " of ", T,
+              " tokens have NaN or Inf router logits (check the input activations)");
+  }
+  const at::Tensor logits = logits_TE.to(at::kFloat);
+  const at::Tensor scores =
+      o.score_function == ScoreFunction::kSoftmax ? at::softmax(logits, -1) : at::sigmoid(logits);
+
+  Routing r;
+  {
+    at::NoGradGuard no_grad;
+    const at::Tensor selection = o.bias_update_rate > 0 ? scores + expert_bias : scores;
+    r.expert_ids_TK = std::get<1>(at::topk(selection, K, -1, /*largest=*/true, /*sorted=*/true));
+    r.routed_per_expert_E = at::bincount(r.expert_ids_TK.reshape({-1}), {}, E);
+  }
+  // Renormalised weights s_k / sum_j s_j, computed as a softmax over the chosen log-scores: the same
+  // value, but with k=1 it is exactly 1 with exactly zero gradient, where s/s leaves float32 noise.
+  at::Tensor probs;
+  if (o.normalize_topk) {
+    const at::Tensor log_scores =
+        o.score_function == ScoreFunction::kSoftmax ? at::log_softmax(logits, -1) : at::log_sigmoid(logits);
+    probs = at::softmax(log_scores.gather(1, r.expert_ids_TK), -1);
+  } else {
+    probs = scores.gather(1, r.expert_ids_TK);
+  }
+
+  // Switch/GShard balance loss: f_i is the fraction of assignments (before capacity) sent to expert i,
+  // P_i the mean score of expert i (sigmoid scores normalised per token first, as DeepSeek-V3 does).
+  // With perfect balance it is 1.
+  const at::Tensor score_dist =
+      o.score_function == ScoreFunction::kSoftmax ? scores : scores / (scores.sum(-1, true) + 1e-20);
+  const double denom = static_cast<double>(std::max<int64_t>(T, 1));
+  const at::Tensor f = r.routed_per_expert_E.to(at::kFloat) / (denom * K);
+  const at::Tensor P = score_dist.sum(0) / denom;
+  r.aux_loss = (f * P).sum() * static_cast<double>(E);
+  r.z_loss = T > 0 ? at::logsumexp(logits, -1).square().mean() : logits.sum();
+
+  r.capacity = capacity(T, training ? o.capacity_factor : o.eval_capacity_factor);
+  if (r.capacity >= 0) {
+    r.keep_TK = capacity_keep_mask(r.expert_ids_TK, probs.detach(), E, r.capacity, o.drop_policy);
+    probs = probs * r.keep_TK.to(probs.scalar_type());
+  } else {
+    r.keep_TK = at::ones({T, K}, r.expert_ids_TK.options().dtype(at::kBool));
+  }
+  r.probs_TK = probs;
+  {
+    at::NoGradGuard no_grad;
+    r.tokens_per_expert_E = at::bincount(r.expert_ids_TK.masked_select(r.keep_TK), {}, E);
+    r.num_dropped = T * K - r.tokens_per_expert_E.sum().item<int64_t>();
+  }
+  r.loss = r.aux_loss * o.aux_loss_coeff + r.z_loss * o.z_loss_coeff;
+  return r;
+}
+
+void RouterImpl::update_expert_bias(const at::Tensor& load_E) {
+  if (options_.bias_update_rate <= 0) return;
+  at::NoGradGuard no_grad;
+  const at::Tensor load = load_E.to(at::kDouble);
+  expert_bias.add_((load.mean() - load).sign().to(at::kFloat), options_.bias_update_rate);
+}
+
+}  // namespace moe

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Configures and builds into build/ (the executable lands at build/moe). Extra arguments go to cmake,
+# e.g. -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)').
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake --build build -j "${MOE_BUILD_JOBS:-2}"

@@ -1,0 +1,322 @@
+#include "core/moe_layer.h"
+
+#include <gtest/gtest.h>
+
+#include <sstream>
+#include <tuple>
+
+#include "core/check.h"
+#include "reference.h"
+#include "testing.h"
+
+namespace moe {
+namespace {
+
+// Capacity settings under test: dropless, and a capacity below the mean load with each drop policy.
+enum class Capacity { kDropless, kProbability, kPosition };
+
+struct Case {
+  int64_t T = 24, D = 16, F = 32, E = 8, K = 2;
+  ScoreFunction score = ScoreFunction::kSoftmax;
+  bool normalize = true;
+  Capacity capacity = Capacity::kDropless;
+  double capacity_factor = 0.75;
+  int64_t num_shared = 0;
+  bool bias = false;
+  ExpertType type = ExpertType::kSwiGLU;
+};
+
+MoELayerOptions options_for(const Case& c) {
+  MoELayerOptions o;
+  o.router.hidden_size = c.D;
+  o.router.num_experts = c.E;
+  o.router.top_k = c.K;
+  o.router.score_function = c.score;
+  o.router.normalize_topk = c.normalize;
+  if (c.capacity != Capacity::kDropless) o.router.capacity_factor = c.capacity_factor;
+  o.router.drop_policy = c.capacity == Capacity::kPosition ? DropPolicy::kPosition : DropPolicy::kProbability;
+  o.router.aux_loss_coeff = 0.01;
+  o.router.z_loss_coeff = 0.001;
+  o.router.bias_update_rate = c.bias ? 0.01 : 0.0;
+  o.router.init_std = 0.5;  // confident, well-separated routing: no near-ties between float32 and float64
+  o.ffn_hidden_size = c.F;
+  o.expert_type = c.type;
+  o.num_shared_experts = c.num_shared;
+  return o;
+}
+
+struct Observed {
+  at::Tensor y, aux, z, dx, dgate, dw1, dw3, dw2, tokens_per_expert;
+  int64_t dropped = 0;
+};
+
+// Runs the layer, or the float64 reference on the same weights, and backpropagates
+// sum(y * g) + aux_coeff * aux + z_coeff * z.
+Observed run_layer(MoELayer& layer, const at::Tensor& x0, const at::Tensor& g) {
+  layer->zero_grad();
+  at::Tensor x = x0.clone().requires_grad_(true);
+  MoEOutput out = layer->forward(x);
+  ((out.y * g).sum() + out.routing.loss).backward();
+  const at::Tensor& w3 = layer->experts->w3;
+  Observed o{out.y.detach(), out.routing.aux_loss.detach(), out.routing.z_loss.detach(), x.grad(),
+             layer->router->weight.grad(), layer->experts->w1.grad(), w3.defined() ? w3.grad() : at::Tensor(),
+             layer->experts->w2.grad(), out.routing.tokens_per_expert_E, out.routing.num_dropped};
+  return o;
+}
+
+Observed run_reference(MoELayer& layer, const at::Tensor& x0, const at::Tensor& g, bool training) {
+  const auto& opt = layer->options();
+  const auto d = [](const at::Tensor& t) { return t.detach().to(at::kDouble).requires_grad_(true); };
+  ref::Weights w{d(layer->router->weight), d(layer->experts->w1),
+                 opt.expert_type == ExpertType::kSwiGLU ? d(layer->experts->w3) : at::Tensor(),
+                 d(layer->experts->w2), layer->router->expert_bias.to(at::kDouble)};
+  at::Tensor x = d(x0);
+  ref::Result r = ref::moe_layer(x, w, opt.router,
+                                 training ? opt.router.capacity_factor : opt.router.eval_capacity_factor,
+                                 opt.expert_type == ExpertType::kSwiGLU);
+  at::Tensor y = r.y;
+  if (layer->shared_experts) {
+    ref::Weights s{at::Tensor(), d(layer->shared_experts->w1), d(layer->shared_experts->w3),
+                   d(layer->shared_experts->w2), at::Tensor()};
+    std::vector<at::Tensor> rows;
+    for (int64_t t = 0; t < x.size(0); ++t) rows.push_back(ref::expert_ffn(x[t], s, 0, true));
+    y = y + at::stack(rows);
+  }
+  ((y * g.to(at::kDouble)).sum() + opt.router.aux_loss_coeff * r.aux_loss + opt.router.z_loss_coeff * r.z_loss)
+      .backward();
+  Observed o{y.detach(), r.aux_loss.detach(), r.z_loss.detach(), x.grad(), w.gate.grad(), w.w1.grad(),
+             w.w3.defined() ? w.w3.grad() : at::Tensor(), w.w2.grad(),
+             at::tensor(r.tokens_per_expert, at::kLong), r.num_dropped};
+  const auto zero_if_undef = [](at::Tensor& grad, const at::Tensor& like) {
+    if (like.defined() && !grad.defined()) grad = at::zeros_like(like);
+  };
+  zero_if_undef(o.dw1, w.w1);
+  zero_if_undef(o.dw2, w.w2);
+  zero_if_undef(o.dw3, w.w3);
+  return o;
+}
+
+void expect_matches_reference(const Case& c, MoELayer& layer, const at::Tensor& x, bool training = true) {
+  const at::Tensor g = at::randn({x.size(0), c.D});
+  const Observed got = run_layer(layer, x, g);
+  const Observed want = run_reference(layer, x, g, training);
+  EXPECT_TRUE(at::equal(got.tokens_per_expert, want.tokens_per_expert))
+      << got.tokens_per_expert << " vs " << want.tokens_per_expert;
+  EXPECT_EQ(got.dropped, want.dropped);
+  const double rtol = 2e-5;
+  EXPECT_TRUE(testing::close(got.y, want.y, rtol)) << "output";
+  EXPECT_TRUE(testing::close(got.aux, want.aux, rtol)) << "aux loss";
+  EXPECT_TRUE(testing::close(got.z, want.z, rtol)) << "z loss";
+  EXPECT_TRUE(testing::close(got.dx, want.dx, rtol)) << "input gradient";
+  EXPECT_TRUE(testing::close(got.dgate, want.dgate, rtol)) << "router gradient";
+  EXPECT_TRUE(testing::close(got.dw1, want.dw1, rtol)) << "w1 gradient";
+  EXPECT_TRUE(testing::close(got.dw2, want.dw2, rtol)) << "w2 gradient";
+  if (c.type == ExpertType::kSwiGLU) {
+    EXPECT_TRUE(testing::close(got.dw3, want.dw3, rtol)) << "w3 gradient";
+  }
+}
+
+using Params = std::tuple<int64_t, ScoreFunction, bool, Capacity>;
+class MoELayerReferenceTest : public ::testing::TestWithParam<Params> {};
+
+TEST_P(MoELayerReferenceTest, OutputsAndGradientsMatchFloat64Reference) {
+  Case c;
+  std::tie(c.K, c.score, c.normalize, c.capacity) = GetParam();
+  at::manual_seed(42 + c.K);
+  MoELayer layer(options_for(c));
+  const at::Tensor x = at::randn({c.T, c.D});
+  expect_matches_reference(c, layer, x);
+  if (c.capacity != Capacity::kDropless) {
+    // A capacity below the mean load must actually drop something, or the test proves nothing.
+    EXPECT_GT(run_layer(layer, x, at::randn({c.T, c.D})).dropped, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllRouterModes, MoELayerReferenceTest,
+    ::testing::Combine(::testing::Values(1, 2, 4), ::testing::Values(ScoreFunction::kSoftmax, ScoreFunction::kSigmoid),
+                       ::testing::Bool(),
+                       ::testing::Values(Capacity::kDropless, Capacity::kProbability, Capacity::kPosition)),
+    [](const ::testing::TestParamInfo<Params>& info) {
+      std::ostringstream os;
+      os << "k" << std::get<0>(info.param)
+         << (std::get<1>(info.param) == ScoreFunction::kSoftmax ? "_softmax" : "_sigmoid")
+         << (std::get<2>(info.param) ? "_norm" : "_raw");
+      switch (std::get<3>(info.param)) {
+        case Capacity::kDropless: os << "_dropless"; break;
+        case Capacity::kProbability: os << "_dropprob"; break;
+        case Capacity::kPosition: os << "_droppos"; break;
+      }
+      return os.str();
+    });
+
+// A layer whose router sends every token to expert `hot`: positive inputs, one gate row of ones.
+MoELayer all_to_one(const Case& c, int64_t hot, at::Tensor& x) {
+  MoELayer layer(options_for(c));
+  {
+    at::NoGradGuard no_grad;
+    layer->router->weight.mul_(0.01);
+    layer->router->weight[hot].fill_(1.0);
+  }
+  x = at::rand({c.T, c.D}) + 0.5;
+  return layer;
+}
+
+TEST(MoELayerEdges, AllTokensToOneExpertDropless) {
+  at::manual_seed(5);
+  Case c;
+  c.K = 1;
+  at::Tensor x;
+  MoELayer layer = all_to_one(c, 3, x);
+  const Observed got = run_layer(layer, x, at::randn({c.T, c.D}));
+  EXPECT_EQ(got.tokens_per_expert[3].item<int64_t>(), c.T);
+  EXPECT_EQ(got.tokens_per_expert.sum().item<int64_t>(), c.T);
+  // Experts with no tokens get exactly zero gradient.
+  for (int64_t e = 0; e < c.E; ++e) {
+    if (e != 3) {
+      EXPECT_EQ(got.dw1[e].abs().max().item<double>(), 0.0) << "expert " << e;
+    }
+  }
+  expect_matches_reference(c, layer, x);
+}
+
+TEST(MoELayerEdges, AllTokensToOneExpertWithCapacity) {
+  at::manual_seed(6);
+  for (Capacity cap : {Capacity::kProbability, Capacity::kPosition}) {
+    Case c;
+    c.K = 1;
+    c.capacity = cap;
+    c.capacity_factor = 1.0;  // capacity ceil(24 / 8) = 3
+    at::Tensor x;
+    MoELayer layer = all_to_one(c, 5, x);
+    const Observed got = run_layer(layer, x, at::randn({c.T, c.D}));
+    EXPECT_EQ(got.tokens_per_expert[5].item<int64_t>(), 3);
+    EXPECT_EQ(got.dropped, c.T - 3);
+    // Dropped tokens get exactly zero output: they keep only their residual.
+    EXPECT_EQ((got.y.abs().sum(1) > 0).sum().item<int64_t>(), 3);
+    expect_matches_reference(c, layer, x);
+  }
+}
+
+TEST(MoELayerEdges, ZeroCapacityDropsEverything) {
+  at::manual_seed(7);
+  Case c;
+  c.capacity = Capacity::kPosition;
+  c.capacity_factor = 0.0;
+  MoELayer layer(options_for(c));
+  const at::Tensor x = at::randn({c.T, c.D});
+  const Observed got = run_layer(layer, x, at::randn({c.T, c.D}));
+  EXPECT_EQ(got.dropped, c.T * c.K);
+  EXPECT_EQ(got.y.abs().max().item<double>(), 0.0);
+  EXPECT_EQ(got.dw1.abs().max().item<double>(), 0.0);
+  expect_matches_reference(c, layer, x);  // router still learns from aux and z-loss
+}
+
+TEST(MoELayerEdges, CapacityBelowTopK) {
+  at::manual_seed(8);
+  Case c;
+  c.T = 4;
+  c.E = 4;
+  c.K = 4;
+  c.capacity = Capacity::kProbability;
+  c.capacity_factor = 0.25;  // capacity ceil(0.25 * 4 * 4 / 4) = 1 < k
+  MoELayer layer(options_for(c));
+  const at::Tensor x = at::randn({c.T, c.D});
+  const Observed got = run_layer(layer, x, at::randn({c.T, c.D}));
+  EXPECT_EQ(got.dropped, 12);
+  EXPECT_TRUE(at::equal(got.tokens_per_expert, at::ones({4}, at::kLong)));
+  expect_matches_reference(c, layer, x);
+}
+
+TEST(MoELayerEdges, OneToken) {
+  at::manual_seed(9);
+  Case c;
+  c.T = 1;
+  MoELayer layer(options_for(c));
+  expect_matches_reference(c, layer, at::randn({1, c.D}));
+}
+
+TEST(MoELayerEdges, OneExpert) {
+  at::manual_seed(10);
+  Case c;
+  c.E = 1;
+  c.K = 1;
+  MoELayer layer(options_for(c));
+  const at::Tensor x = at::randn({c.T, c.D});
+  expect_matches_reference(c, layer, x);
+  // One expert, softmax, renormalised: the layer is that expert's FFN.
+  const at::Tensor y = layer->forward(x).y;
+  EXPECT_TRUE(testing::close(y, layer->experts->forward_reference(x, {c.T}), 1e-6));
+}
+
+TEST(MoELayerEdges, NaNInputIsAClearError) {
+  Case c;
+  MoELayer layer(options_for(c));
+  at::Tensor x = at::randn({c.T, c.D});
+  x[7][0] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(
+      {
+        try {
+          layer->forward(x);
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("NaN or Inf"), std::string::npos);
+          throw;
+        }
+      },
+      Error);
+}
+
+TEST(MoELayerEdges, SharedExpertsAddADenseMLP) {
+  at::manual_seed(11);
+  Case c;
+  c.num_shared = 2;
+  MoELayer layer(options_for(c));
+  EXPECT_EQ(layer->shared_experts->w1.size(2), 2 * c.F);
+  expect_matches_reference(c, layer, at::randn({c.T, c.D}));
+}
+
+TEST(MoELayerEdges, GELUExperts) {
+  at::manual_seed(12);
+  Case c;
+  c.type = ExpertType::kGELU;
+  MoELayer layer(options_for(c));
+  expect_matches_reference(c, layer, at::randn({c.T, c.D}));
+}
+
+TEST(MoELayerEdges, ExpertBiasSelectionMatchesReference) {
+  at::manual_seed(13);
+  Case c;
+  c.score = ScoreFunction::kSigmoid;
+  c.bias = true;
+  MoELayer layer(options_for(c));
+  layer->router->expert_bias.copy_(at::randn({c.E}) * 0.3);
+  expect_matches_reference(c, layer, at::randn({c.T, c.D}));
+}
+
+TEST(MoELayerEdges, EvalUsesEvalCapacityFactor) {
+  at::manual_seed(14);
+  Case c;
+  c.capacity = Capacity::kProbability;
+  MoELayerOptions o = options_for(c);
+  o.router.eval_capacity_factor = 2.0;
+  MoELayer layer(o);
+  const at::Tensor x = at::randn({c.T, c.D});
+  layer->eval();
+  EXPECT_EQ(layer->forward(x).routing.capacity, 12);  // ceil(2.0 * 24 * 2 / 8)
+  expect_matches_reference(c, layer, x, /*training=*/false);
+  layer->train();
+  EXPECT_EQ(layer->forward(x).routing.capacity, 5);  // ceil(0.75 * 24 * 2 / 8)
+}
+
+TEST(MoELayerEdges, KeepsLeadingDimensions) {
+  at::manual_seed(15);
+  Case c;
+  MoELayer layer(options_for(c));
+  const at::Tensor x = at::randn({2, 12, c.D});
+  const at::Tensor y = layer->forward(x).y;
+  EXPECT_EQ(y.sizes(), x.sizes());
+  EXPECT_TRUE(testing::close(y.view({24, c.D}), layer->forward(x.view({24, c.D})).y, 1e-7));
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,27 @@
+#pragma once
+// Comparison helpers shared by the tests.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+namespace moe::testing {
+
+// |actual - expected| <= rtol * max|expected| + atol, elementwise; reports the worst element.
+inline ::testing::AssertionResult close(const at::Tensor& actual, const at::Tensor& expected, double rtol,
+                                        double atol = 1e-7) {
+  if (!actual.defined() || !expected.defined()) {
+    return ::testing::AssertionFailure() << "undefined tensor (actual " << actual.defined() << ", expected "
+                                         << expected.defined() << ")";
+  }
+  if (actual.sizes() != expected.sizes()) {
+    return ::testing::AssertionFailure() << "shape " << actual.sizes() << " != " << expected.sizes();
+  }
+  if (actual.numel() == 0) return ::testing::AssertionSuccess();
+  const at::Tensor a = actual.detach().to(at::kDouble), e = expected.detach().to(at::kDouble);
+  const double scale = e.abs().max().item<double>();
+  const double err = (a - e).abs().max().item<double>();
+  if (err <= rtol * scale + atol) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "max abs error " << err << " > " << rtol << " * " << scale << " + "
+                                       << atol;
+}
+
+}  // namespace moe::testing
