@@ -17,6 +17,8 @@ struct MoELayerOptions {
   ExpertType expert_type = ExpertType::kSwiGLU;
   // Shared experts run as one dense MLP of width num_shared_experts * ffn_hidden_size (DeepSeekMoE).
   int64_t num_shared_experts = 0;
+  // Debug: cross-check split sizes between EP ranks before each exchange (TokenDispatcher).
+  bool check_splits = false;
 };
 
 struct MoEOutput {
@@ -26,10 +28,17 @@ struct MoEOutput {
 
 class MoELayerImpl : public torch::nn::Module {
  public:
-  explicit MoELayerImpl(const MoELayerOptions& options);
+  // ep_group: the expert-parallel group this rank's experts belong to (null: every expert is local);
+  // this rank then holds experts [ep_rank * E/EP, (ep_rank + 1) * E/EP). aux_group: the ranks a
+  // global-scope balance loss counts over (all ranks).
+  explicit MoELayerImpl(const MoELayerOptions& options, Communicator* ep_group = nullptr,
+                        Communicator* aux_group = nullptr);
   MoEOutput forward(const at::Tensor& x);
 
   const MoELayerOptions& options() const { return options_; }
+  // The global id of this rank's first expert; experts->w1[i] is global expert first_local_expert() + i.
+  int64_t first_local_expert() const { return first_local_expert_; }
+  void set_phase_times(PhaseTimes* times);
   Router router{nullptr};
   Experts experts{nullptr};
   Experts shared_experts{nullptr};  // null without shared experts
@@ -37,6 +46,8 @@ class MoELayerImpl : public torch::nn::Module {
  private:
   MoELayerOptions options_;
   TokenDispatcher dispatcher_;
+  int64_t first_local_expert_ = 0;
+  PhaseTimes* times_ = nullptr;
 };
 TORCH_MODULE(MoELayer);
 

@@ -3,10 +3,12 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "parallel/communicator.h"
 
 namespace moe {
 
-RouterImpl::RouterImpl(const RouterOptions& options) : options_(options) {
+RouterImpl::RouterImpl(const RouterOptions& options, Communicator* aux_group)
+    : options_(options), aux_group_(aux_group) {
   const auto& o = options_;
   MOE_CHECK(o.hidden_size > 0, "router: hidden_size (", o.hidden_size, ") must be positive");
   MOE_CHECK(o.num_experts > 0, "router: num_experts (", o.num_experts, ") must be positive");
@@ -98,9 +100,13 @@ Routing RouterImpl::route(const at::Tensor& logits_TE, bool training) const {
   // With perfect balance it is 1.
   const at::Tensor score_dist =
       o.score_function == ScoreFunction::kSoftmax ? scores : scores / (scores.sum(-1, true) + 1e-20);
-  const double denom = static_cast<double>(std::max<int64_t>(T, 1));
-  const at::Tensor f = r.routed_per_expert_E.to(at::kFloat) / (denom * K);
-  const at::Tensor P = score_dist.sum(0) / denom;
+  at::Tensor routed = r.routed_per_expert_E;
+  if (o.aux_loss_scope == AuxLossScope::kGlobal && aux_group_ && aux_group_->size() > 1) {
+    routed = routed.clone();
+    aux_group_->all_reduce(routed, ReduceOp::kSum);
+  }
+  const at::Tensor f = routed.to(at::kFloat) / static_cast<double>(std::max<int64_t>(routed.sum().item<int64_t>(), 1));
+  const at::Tensor P = score_dist.sum(0) / static_cast<double>(std::max<int64_t>(T, 1));
   r.aux_loss = (f * P).sum() * static_cast<double>(E);
   r.z_loss = T > 0 ? at::logsumexp(logits, -1).square().mean() : logits.sum();
 

@@ -9,10 +9,16 @@
 
 namespace moe {
 
+class Communicator;
+
 enum class ScoreFunction { kSoftmax, kSigmoid };
 // Which assignments an expert over capacity keeps: `probability` keeps the highest gate weights
 // (Megatron's default), `position` keeps the earliest tokens of the batch (GShard, Switch).
 enum class DropPolicy { kProbability, kPosition };
+// Over which tokens the balance loss counts assignments: this rank's micro-batch, or every rank's
+// (counts all-reduced over the aux group; each rank's P_i stays local, so the mean of the ranks' losses
+// is the loss of the global batch and each rank's gradient is its share of that loss's gradient).
+enum class AuxLossScope { kMicroBatch, kGlobal };
 
 struct RouterOptions {
   int64_t hidden_size = 0;
@@ -28,6 +34,7 @@ struct RouterOptions {
   // Multiplicative input noise U(1-eps, 1+eps) in training only (Switch Transformer); 0 switches it off.
   double jitter_eps = 0.0;
   double aux_loss_coeff = 0.0;
+  AuxLossScope aux_loss_scope = AuxLossScope::kMicroBatch;
   double z_loss_coeff = 0.0;
   // Aux-loss-free balancing (DeepSeek-V3): a per-expert bias added to the scores for selection only,
   // moved by rate * sign(mean load - load) after each optimizer step. 0 switches it off.
@@ -52,7 +59,9 @@ struct Routing {
 
 class RouterImpl : public torch::nn::Module {
  public:
-  explicit RouterImpl(const RouterOptions& options);
+  // aux_group: the ranks over which a global-scope balance loss counts assignments (all data-parallel
+  // ranks); required by AuxLossScope::kGlobal with more than one rank, ignored otherwise.
+  explicit RouterImpl(const RouterOptions& options, Communicator* aux_group = nullptr);
 
   // x_TD (any float dtype) -> logits_TE in float32. Applies input jitter when training.
   at::Tensor gate(const at::Tensor& x_TD);
@@ -73,6 +82,7 @@ class RouterImpl : public torch::nn::Module {
 
  private:
   RouterOptions options_;
+  Communicator* aux_group_;
 };
 TORCH_MODULE(Router);
 

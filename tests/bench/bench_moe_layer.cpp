@@ -1,0 +1,243 @@
+// Benchmark: one MoE layer, forward + backward, experts sharded over all ranks (EP = world size).
+//   mpirun -np 2 -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 build/bench_moe_layer [flags]
+// Prints the median step time with its breakdown, the routing statistics, and two floors measured in the
+// same run on the same token counts: the experts' forward and backward GEMMs alone (compute floor) and
+// raw MPI_Alltoallv calls moving the bytes of the four exchanges (communication floor). The last line is
+// one JSON object.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <optional>
+
+#include "core/host_memory.h"
+#include "core/moe_layer.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/parallel_dims.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// The slowest rank sets the pace of a collective step.
+double max_over_ranks(moe::Communicator& world, double v) {
+  at::Tensor t = at::full({1}, v, at::kDouble);
+  world.all_reduce(t, moe::ReduceOp::kMax);
+  return t.item<double>();
+}
+
+// Median over steps of the slowest rank's time for fn().
+double time_steps(moe::Communicator& world, int warmup, int steps, const std::function<void()>& fn) {
+  std::vector<double> times;
+  for (int i = 0; i < warmup + steps; ++i) {
+    world.barrier();
+    const auto t0 = Clock::now();
+    fn();
+    const double t = max_over_ranks(world, ms_since(t0));
+    if (i >= warmup) times.push_back(t);
+  }
+  return median(times);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moe::retain_freed_host_memory();
+  moe::MpiSession mpi(&argc, &argv);
+  CLI::App app{"MoE layer benchmark (forward + backward, EP = world size)"};
+  int64_t tokens = 4096, hidden = 512, ffn = 1024, experts = 8, top_k = 2;
+  std::string capacity = "1.25", expert_type = "swiglu";
+  int steps = 20, warmup = 3;
+  app.add_option("--tokens", tokens, "tokens per rank");
+  app.add_option("--hidden", hidden, "hidden size");
+  app.add_option("--ffn", ffn, "expert FFN hidden size");
+  app.add_option("--experts", experts, "number of experts");
+  app.add_option("--top-k", top_k, "experts per token");
+  app.add_option("--capacity-factor", capacity, "capacity factor, or null for dropless");
+  app.add_option("--expert-type", expert_type, "swiglu | gelu")->check(CLI::IsMember({"swiglu", "gelu"}));
+  app.add_option("--steps", steps, "timed steps (median reported)")->check(CLI::Range(1, 100000));
+  app.add_option("--warmup", warmup, "untimed steps first");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+
+  try {
+    moe::MpiCommunicator world(MPI_COMM_WORLD);
+    const int R = world.size(), me = world.rank();
+    const moe::ParallelDims dims(R, me, R, experts);
+    moe::ProcessGroups groups = moe::make_process_groups(world, dims);
+
+    moe::MoELayerOptions o;
+    o.router.hidden_size = hidden;
+    o.router.num_experts = experts;
+    o.router.top_k = top_k;
+    o.router.aux_loss_coeff = 0.01;
+    if (capacity != "null") o.router.capacity_factor = std::stod(capacity);
+    o.ffn_hidden_size = ffn;
+    o.expert_type = expert_type == "gelu" ? moe::ExpertType::kGELU : moe::ExpertType::kSwiGLU;
+    at::manual_seed(1);
+    moe::MoELayer layer(o, groups.ep.get(), &world);
+    at::manual_seed(100 + me);
+    const at::Tensor x0 = at::randn({tokens, hidden});
+    const at::Tensor g = at::randn({tokens, hidden});
+
+    // The layer: forward and backward, with the breakdown of the forward.
+    std::vector<moe::PhaseTimes> phases;
+    std::vector<double> backward_ms, layer_ms;
+    moe::Routing last;
+    std::vector<int64_t> local_counts;
+    for (int i = 0; i < warmup + steps; ++i) {
+      moe::PhaseTimes pt;
+      layer->set_phase_times(&pt);
+      layer->zero_grad();
+      at::Tensor x = x0.clone().requires_grad_(true);
+      world.barrier();
+      const auto t0 = Clock::now();
+      moe::MoEOutput out = layer->forward(x);
+      const at::Tensor loss = (out.y * g).sum() + out.routing.loss;
+      const auto t1 = Clock::now();
+      loss.backward();
+      const double bwd = ms_since(t1), total = ms_since(t0);
+      if (i >= warmup) {
+        phases.push_back(pt);
+        backward_ms.push_back(max_over_ranks(world, bwd));
+        layer_ms.push_back(max_over_ranks(world, total));
+      } else {
+        max_over_ranks(world, bwd);
+        max_over_ranks(world, total);
+      }
+      last = out.routing;
+    }
+    layer->set_phase_times(nullptr);
+
+    // Token counts of the last step, for the floors: what this rank sends to each rank, what its
+    // local experts receive.
+    const int64_t El = dims.num_local_experts;
+    const at::Tensor send_counts = last.tokens_per_expert_E.view({R, El}).sum(1).contiguous();
+    at::Tensor recv_counts = at::empty({R}, at::kLong);
+    MOE_MPI_CHECK(MPI_Alltoall(send_counts.data_ptr(), 1, MPI_INT64_T, recv_counts.data_ptr(), 1, MPI_INT64_T,
+                               world.comm()));
+    at::Tensor per_expert = last.tokens_per_expert_E.clone();
+    at::Tensor all_counts = per_expert.clone();
+    world.all_reduce(all_counts, moe::ReduceOp::kSum);
+    // Tokens each local expert received from all ranks.
+    at::Tensor recv_by_expert = at::empty({R * El}, at::kLong);
+    MOE_MPI_CHECK(MPI_Alltoall(per_expert.data_ptr(), static_cast<int>(El), MPI_INT64_T, recv_by_expert.data_ptr(),
+                               static_cast<int>(El), MPI_INT64_T, world.comm()));
+    const at::Tensor local_tokens = recv_by_expert.view({R, El}).sum(0);
+
+    // Compute floor: the experts' GEMMs alone (forward 3, backward 6 for SwiGLU; 2 and 4 for GELU) on
+    // the same per-expert token counts, into preallocated outputs.
+    const bool swiglu = o.expert_type == moe::ExpertType::kSwiGLU;
+    struct ExpertBufs { at::Tensor x, h1, h3, h, y, dy, dh, dh1, dh3, dx, dw1, dw3, dw2; };
+    std::vector<ExpertBufs> bufs;
+    for (int64_t j = 0; j < El; ++j) {
+      const int64_t n = local_tokens[j].item<int64_t>();
+      ExpertBufs b;
+      b.x = at::randn({n, hidden});
+      for (at::Tensor* t : {&b.h1, &b.h3, &b.h, &b.dh, &b.dh1, &b.dh3}) *t = at::randn({n, ffn});
+      for (at::Tensor* t : {&b.y, &b.dy, &b.dx}) *t = at::randn({n, hidden});
+      for (at::Tensor* t : {&b.dw1, &b.dw3}) *t = at::empty({hidden, ffn});
+      b.dw2 = at::empty({ffn, hidden});
+      bufs.push_back(b);
+    }
+    const at::Tensor& w1 = layer->experts->w1;
+    const at::Tensor& w2 = layer->experts->w2;
+    const at::Tensor w3 = swiglu ? layer->experts->w3 : at::Tensor();
+    const double compute_floor = time_steps(world, warmup, steps, [&] {
+      at::NoGradGuard no_grad;
+      for (int64_t j = 0; j < El; ++j) {
+        auto& b = bufs[j];
+        if (b.x.size(0) == 0) continue;
+        at::mm_out(b.h1, b.x, w1[j]);
+        if (swiglu) at::mm_out(b.h3, b.x, w3[j]);
+        at::mm_out(b.y, b.h, w2[j]);
+        at::mm_out(b.dh, b.dy, w2[j].t());
+        at::mm_out(b.dw2, b.h.t(), b.dy);
+        at::mm_out(b.dw1, b.x.t(), b.dh1);
+        at::mm_out(b.dx, b.dh1, w1[j].t());
+        if (swiglu) {
+          at::mm_out(b.dw3, b.x.t(), b.dh3);
+          at::addmm_out(b.dx, b.dx, b.dh3, w3[j].t());
+        }
+      }
+    });
+
+    // Communication floor: raw MPI_Alltoallv of the same rows, dispatch and combine, forward and backward.
+    std::vector<int> sc(R), sd(R), rc(R), rd(R);
+    int64_t send_total = 0, recv_total = 0;
+    for (int r = 0; r < R; ++r) {
+      sc[r] = static_cast<int>(send_counts[r].item<int64_t>() * hidden);
+      rc[r] = static_cast<int>(recv_counts[r].item<int64_t>() * hidden);
+      sd[r] = static_cast<int>(send_total);
+      rd[r] = static_cast<int>(recv_total);
+      send_total += sc[r];
+      recv_total += rc[r];
+    }
+    at::Tensor sbuf = at::randn({send_total}), rbuf = at::randn({recv_total});
+    const double comm_floor = time_steps(world, warmup, steps, [&] {
+      for (int rep = 0; rep < 2; ++rep) {  // forward, then backward
+        MOE_MPI_CHECK(MPI_Alltoallv(sbuf.data_ptr(), sc.data(), sd.data(), MPI_FLOAT, rbuf.data_ptr(), rc.data(),
+                                    rd.data(), MPI_FLOAT, world.comm()));
+        MOE_MPI_CHECK(MPI_Alltoallv(rbuf.data_ptr(), rc.data(), rd.data(), MPI_FLOAT, sbuf.data_ptr(), sc.data(),
+                                    sd.data(), MPI_FLOAT, world.comm()));
+      }
+    });
+
+    const auto phase_median = [&](double moe::PhaseTimes::*field) {
+      std::vector<double> v;
+      for (const auto& p : phases) v.push_back(p.*field);
+      return max_over_ranks(world, median(v));
+    };
+    const double route = phase_median(&moe::PhaseTimes::route), permute = phase_median(&moe::PhaseTimes::permute),
+                 dispatch = phase_median(&moe::PhaseTimes::dispatch),
+                 experts_ms = phase_median(&moe::PhaseTimes::experts),
+                 combine = phase_median(&moe::PhaseTimes::combine),
+                 unpermute = phase_median(&moe::PhaseTimes::unpermute);
+    const double step_ms = median(layer_ms), backward = median(backward_ms);
+    at::Tensor dropped = at::full({1}, last.num_dropped, at::kLong);
+    world.all_reduce(dropped, moe::ReduceOp::kSum);
+
+    if (me == 0) {
+      std::printf("moe layer: %d ranks (EP %d), %lld tokens/rank, hidden %lld, ffn %lld, %lld experts, top-%lld, "
+                  "capacity factor %s, %s\n",
+                  R, R, (long long)tokens, (long long)hidden, (long long)ffn, (long long)experts, (long long)top_k,
+                  capacity.c_str(), expert_type.c_str());
+      std::printf("routing (last step, all ranks): tokens per expert [");
+      for (int64_t e = 0; e < experts; ++e) std::printf("%s%lld", e ? " " : "", (long long)all_counts[e].item<int64_t>());
+      std::printf("], dropped %.2f%% of %lld assignments, aux loss %.4f\n",
+                  100.0 * dropped.item<int64_t>() / double(R * tokens * top_k), (long long)(R * tokens * top_k),
+                  last.aux_loss.item<double>());
+      std::printf("median of %d steps (slowest rank), ms:\n", steps);
+      std::printf("  route %8.2f  permute %8.2f  dispatch %8.2f  experts %8.2f\n", route, permute, dispatch, experts_ms);
+      std::printf("  combine %6.2f  unpermute %6.2f  backward %7.2f  | layer %8.2f\n", combine, unpermute, backward,
+                  step_ms);
+      std::printf("floors: compute (expert GEMMs) %.2f ms, communication (4 x MPI_Alltoallv) %.2f ms\n",
+                  compute_floor, comm_floor);
+      nlohmann::json j = {{"layer_ms", step_ms},
+                          {"compute_floor_ms", compute_floor},
+                          {"comm_floor_ms", comm_floor},
+                          {"ratio", step_ms / (compute_floor + comm_floor)}};
+      std::printf("%s\n", j.dump().c_str());
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_moe_layer: %s\n", e.what());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  return 0;
+}

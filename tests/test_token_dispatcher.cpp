@@ -1,0 +1,160 @@
+#include "parallel/token_dispatcher.h"
+
+#include <gtest/gtest.h>
+
+#include "core/check.h"
+#include "mpi_testing.h"
+#include "testing.h"
+
+namespace moe {
+namespace {
+
+using testing::world;
+
+constexpr int64_t kE = 8, kK = 2, kD = 3;
+
+// Routing that every rank can compute for any rank: token t of rank s goes to experts ids(s, t, k).
+int64_t expert_of(int s, int64_t t, int64_t k) { return (t * 3 + s + k * 5) % kE; }
+
+Routing make_routing(int s, int64_t T, const std::function<bool(int, int64_t, int64_t)>& keep) {
+  Routing r;
+  r.expert_ids_TK = at::empty({T, kK}, at::kLong);
+  r.keep_TK = at::empty({T, kK}, at::kBool);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t k = 0; k < kK; ++k) {
+      r.expert_ids_TK[t][k] = expert_of(s, t, k);
+      r.keep_TK[t][k] = keep(s, t, k);
+    }
+  }
+  r.probs_TK = at::full({T, kK}, 1.0 / kK) * r.keep_TK.to(at::kFloat);
+  return r;
+}
+
+// Token t of rank s carries (s, t, 1) so the receiving side can tell exactly which token arrived.
+at::Tensor tokens_of(int s, int64_t T) {
+  at::Tensor x = at::empty({T, kD});
+  for (int64_t t = 0; t < T; ++t) {
+    x[t][0] = s;
+    x[t][1] = t;
+    x[t][2] = 1;
+  }
+  return x;
+}
+
+// Dispatch, check that each local expert received exactly the (rank, token) pairs routed to it (by
+// source rank, then token order), combine with identity experts, check output and input gradient.
+void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, int64_t)>& keep,
+                      bool check_splits = false) {
+  const int me = world().rank();
+  auto ep_group = world().split(me / ep, me % ep);
+  const int ep_rank = ep_group->rank();
+  TokenDispatcher dispatcher(kE, ep_group.get(), check_splits);
+  const int64_t El = dispatcher.num_local_experts();
+  ASSERT_EQ(El, kE / ep);
+  const Routing routing = make_routing(me, T, keep);
+  at::Tensor x = tokens_of(me, T).requires_grad_(true);
+  Dispatched d = dispatcher.dispatch(x, routing);
+
+  int64_t row = 0;
+  for (int64_t j = 0; j < El; ++j) {
+    const int64_t e = ep_rank * El + j;
+    int64_t expected = 0;
+    for (int s_ep = 0; s_ep < ep; ++s_ep) {
+      const int s = (me / ep) * ep + s_ep;  // world rank of EP rank s_ep in my group
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t k = 0; k < kK; ++k) {
+          if (expert_of(s, t, k) != e || !keep(s, t, k)) continue;
+          ASSERT_LT(row, d.x_ND.size(0));
+          EXPECT_EQ(d.x_ND[row][0].item<float>(), s) << "expert " << e << " row " << row;
+          EXPECT_EQ(d.x_ND[row][1].item<float>(), t) << "expert " << e << " row " << row;
+          ++row;
+          ++expected;
+        }
+      }
+    }
+    EXPECT_EQ(d.tokens_per_local_expert[j], expected) << "local expert " << j;
+  }
+  EXPECT_EQ(row, d.x_ND.size(0));
+
+  const at::Tensor y = dispatcher.combine(d.x_ND, d.handle);  // identity experts
+  at::Tensor kept_weight = routing.probs_TK.sum(1, true);
+  EXPECT_TRUE(testing::close(y, x.detach() * kept_weight, 0, 1e-6));
+  const at::Tensor g = at::randn({T, kD});
+  (y * g).sum().backward();
+  EXPECT_TRUE(testing::close(x.grad(), g * kept_weight, 1e-6));
+}
+
+TEST(TokenDispatcher, CombineOfDispatchRestoresInputAndGradient) {
+  for (int ep : testing::ep_sizes(kE)) {
+    SCOPED_TRACE("ep " + std::to_string(ep));
+    check_round_trip(ep, 13, [](int, int64_t, int64_t) { return true; });
+    check_round_trip(ep, 13, [](int, int64_t, int64_t) { return true; }, /*check_splits=*/true);
+  }
+}
+
+TEST(TokenDispatcher, DroppedAssignmentsAreNotSent) {
+  for (int ep : testing::ep_sizes(kE)) {
+    SCOPED_TRACE("ep " + std::to_string(ep));
+    check_round_trip(ep, 11, [](int s, int64_t t, int64_t k) { return (s + t + k) % 3 != 0; });
+  }
+}
+
+TEST(TokenDispatcher, RanksThatSendNothing) {
+  // Only rank 0 sends anything; every other rank drops all its assignments (and so receives only).
+  for (int ep : testing::ep_sizes(kE)) {
+    SCOPED_TRACE("ep " + std::to_string(ep));
+    check_round_trip(ep, 9, [](int s, int64_t, int64_t) { return s == 0; });
+  }
+}
+
+TEST(TokenDispatcher, ZeroTokensOnEveryRank) {
+  for (int ep : testing::ep_sizes(kE)) check_round_trip(ep, 0, [](int, int64_t, int64_t) { return true; });
+}
+
+TEST(TokenDispatcher, OneRankSendsEverythingToOneRemoteExpert) {
+  // Rank 0's tokens all go to the last expert (owned by the last EP rank); other ranks send nothing, so
+  // every other expert receives nothing.
+  const int me = world().rank(), R = world().size();
+  const int64_t T = 17;
+  auto ep_group = world().split(0, me);
+  TokenDispatcher dispatcher(kE, ep_group.get(), /*check_splits=*/true);
+  Routing r;
+  r.expert_ids_TK = at::full({T, 1}, kE - 1, at::kLong);
+  r.keep_TK = at::full({T, 1}, me == 0, at::kBool);
+  r.probs_TK = r.keep_TK.to(at::kFloat);
+  at::Tensor x = tokens_of(me, T).requires_grad_(true);
+  Dispatched d = dispatcher.dispatch(x, r);
+  const int64_t El = kE / R;
+  for (int64_t j = 0; j < El; ++j) {
+    const bool hot = me == R - 1 && j == El - 1;
+    EXPECT_EQ(d.tokens_per_local_expert[j], hot ? T : 0) << "local expert " << j;
+  }
+  if (me == R - 1) {
+    EXPECT_TRUE(testing::close(d.x_ND, tokens_of(0, T), 0));
+  }
+  const at::Tensor y = dispatcher.combine(d.x_ND * 2.0, d.handle);
+  EXPECT_TRUE(testing::close(y, me == 0 ? x.detach() * 2.0 : at::zeros({T, kD}), 0));
+  y.sum().backward();
+  EXPECT_TRUE(testing::close(x.grad(), at::full({T, kD}, me == 0 ? 2.0 : 0.0), 0));
+}
+
+TEST(TokenDispatcher, CheckSplitsReportsRanksOutOfStep) {
+  const int me = world().rank(), R = world().size();
+  if (R == 1) GTEST_SKIP() << "needs two ranks";
+  auto ep_group = world().split(0, me);
+  TokenDispatcher a(kE, ep_group.get(), true), b(kE, ep_group.get(), true);
+  const Routing routing = make_routing(me, 5, [](int, int64_t, int64_t) { return true; });
+  const at::Tensor x = tokens_of(me, 5);
+  // Rank 0 runs its first exchange on `a`, the others on `b`: the collectives still pair up.
+  (me == 0 ? a : b).dispatch(x, routing);
+  // Now rank 0's `a` is at exchange #1 and everyone else's at #0: all ranks must refuse, none hang.
+  try {
+    a.dispatch(x, routing);
+    ADD_FAILURE() << "expected moe::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ran different numbers of MoE layers"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace moe
