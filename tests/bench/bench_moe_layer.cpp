@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
-#include <optional>
 
 #include "core/host_memory.h"
 #include "core/moe_layer.h"
@@ -100,7 +99,6 @@ int main(int argc, char** argv) {
     std::vector<moe::PhaseTimes> phases;
     std::vector<double> backward_ms, layer_ms;
     moe::Routing last;
-    std::vector<int64_t> local_counts;
     for (int i = 0; i < warmup + steps; ++i) {
       moe::PhaseTimes pt;
       layer->set_phase_times(&pt);
@@ -132,7 +130,7 @@ int main(int argc, char** argv) {
     at::Tensor recv_counts = at::empty({R}, at::kLong);
     MOE_MPI_CHECK(MPI_Alltoall(send_counts.data_ptr(), 1, MPI_INT64_T, recv_counts.data_ptr(), 1, MPI_INT64_T,
                                world.comm()));
-    at::Tensor per_expert = last.tokens_per_expert_E.clone();
+    at::Tensor per_expert = last.tokens_per_expert_E.contiguous();
     at::Tensor all_counts = per_expert.clone();
     world.all_reduce(all_counts, moe::ReduceOp::kSum);
     // Tokens each local expert received from all ranks.
