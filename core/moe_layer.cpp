@@ -32,13 +32,13 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x) {
   const at::Tensor x_TD = x.reshape({-1, D});
   MoEOutput out;
   {
-    ScopedPhase timer(times_ ? &times_->route : nullptr);
+    ScopedPhase timer(times_, &PhaseTimes::route);
     out.routing = router->forward(x_TD);
   }
   Dispatched d = dispatcher_.dispatch(x_TD, out.routing);
   at::Tensor y_ND;
   {
-    ScopedPhase timer(times_ ? &times_->experts : nullptr);
+    ScopedPhase timer(times_, &PhaseTimes::experts);
     y_ND = experts->forward(d.x_ND, d.tokens_per_local_expert);
   }
   at::Tensor y_TD = dispatcher_.combine(y_ND, d.handle);

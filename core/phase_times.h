@@ -11,7 +11,8 @@ struct PhaseTimes {
 
 class ScopedPhase {
  public:
-  explicit ScopedPhase(double* slot) : slot_(slot) {
+  // Adds the scope's wall time to times->*phase; does nothing when times is null.
+  ScopedPhase(PhaseTimes* times, double PhaseTimes::*phase) : slot_(times ? &(times->*phase) : nullptr) {
     if (slot_) start_ = std::chrono::steady_clock::now();
   }
   ~ScopedPhase() {

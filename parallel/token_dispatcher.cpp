@@ -84,7 +84,7 @@ Dispatched TokenDispatcher::dispatch(const at::Tensor& x_TD, const Routing& rout
   Dispatched d;
   DispatchHandle& h = d.handle;
   {
-    ScopedPhase timer(times_ ? &times_->permute : nullptr);
+    ScopedPhase timer(times_, &PhaseTimes::permute);
     h.permutation = make_permutation(routing.expert_ids_TK, routing.keep_TK, num_experts_);
     h.probs_TK = routing.probs_TK;
     d.x_ND = permute(x_TD, h.permutation);
@@ -93,7 +93,7 @@ Dispatched TokenDispatcher::dispatch(const at::Tensor& x_TD, const Routing& rout
     d.tokens_per_local_expert = to_vector(h.permutation.tokens_per_expert_E);
     return d;
   }
-  ScopedPhase timer(times_ ? &times_->dispatch : nullptr);
+  ScopedPhase timer(times_, &PhaseTimes::dispatch);
   const int R = ep_group_->size();
   const int64_t El = num_local_experts_;
   // Counts first: row r of recv_counts_RL is how many rows rank r sends to each of our local experts.
@@ -125,11 +125,11 @@ Dispatched TokenDispatcher::dispatch(const at::Tensor& x_TD, const Routing& rout
 at::Tensor TokenDispatcher::combine(const at::Tensor& y_ND, const DispatchHandle& h) {
   at::Tensor y_sorted = y_ND;
   if (ep_group_) {
-    ScopedPhase timer(times_ ? &times_->combine : nullptr);
+    ScopedPhase timer(times_, &PhaseTimes::combine);
     const at::Tensor y_recv = h.ungroup_idx.defined() ? y_ND.index_select(0, h.ungroup_idx) : y_ND;
     y_sorted = all_to_all_v(*ep_group_, y_recv, h.recv_rows, h.send_rows);
   }
-  ScopedPhase timer(times_ ? &times_->unpermute : nullptr);
+  ScopedPhase timer(times_, &PhaseTimes::unpermute);
   return unpermute(y_sorted, h.permutation, h.probs_TK);
 }
 
