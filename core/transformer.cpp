@@ -1,5 +1,8 @@
 #include "core/transformer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/nn/modules/container/modulelist.h>
+
 #include <cmath>
 
 #include "core/check.h"
@@ -63,6 +66,140 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   const at::Tensor probs = at::softmax(scores.masked_fill(causal, -INFINITY), -1);
   const at::Tensor out = at::matmul(probs, v).transpose(1, 2).reshape({B, S, H * hd});
   return at::linear(out, o_proj);
+}
+
+bool TransformerOptions::is_moe_layer(int64_t layer) const {
+  return is_moe() && layer >= first_dense_layers && (layer + 1) % moe_layer_freq == 0;
+}
+
+TransformerBlockImpl::TransformerBlockImpl(const TransformerOptions& o, int64_t layer, Communicator* ep_group,
+                                           Communicator* aux_group) {
+  const int64_t D = o.attention.hidden_size;
+  input_layernorm = register_module("input_layernorm", RMSNorm(D, o.norm_eps));
+  self_attn = register_module("self_attn", Attention(o.attention));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(D, o.norm_eps));
+  if (o.is_moe_layer(layer)) {
+    moe = register_module("moe", MoELayer(o.moe, ep_group, aux_group));
+  } else {
+    ExpertsOptions eo;
+    eo.num_experts = 1;
+    eo.hidden_size = D;
+    eo.ffn_hidden_size = o.ffn_hidden_size;
+    eo.init_std = o.init_std;
+    mlp = register_module("mlp", Experts(eo));
+  }
+}
+
+at::Tensor TransformerBlockImpl::forward(const at::Tensor& x, std::vector<Routing>& routings) {
+  const at::Tensor h = x + self_attn->forward(input_layernorm->forward(x));
+  const at::Tensor n = post_attention_layernorm->forward(h);
+  if (moe) {
+    MoEOutput out = moe->forward(n);
+    routings.push_back(std::move(out.routing));
+    return h + out.y;
+  }
+  const at::Tensor n_TD = n.reshape({-1, n.size(-1)});
+  return h + mlp->forward(n_TD, {n_TD.size(0)}).view(n.sizes());
+}
+
+TransformerImpl::TransformerImpl(const TransformerOptions& options, Communicator* ep_group,
+                                 Communicator* aux_group)
+    : options_(options) {
+  const auto& o = options_;
+  const int64_t D = o.attention.hidden_size;
+  MOE_CHECK(o.vocab_size > 0 && o.num_layers > 0, "transformer: vocab_size (", o.vocab_size, ") and num_layers (",
+            o.num_layers, ") must be positive");
+  MOE_CHECK(o.moe_layer_freq >= 1 && o.first_dense_layers >= 0, "transformer: moe_layer_freq (", o.moe_layer_freq,
+            ") must be >= 1 and first_dense_layers (", o.first_dense_layers, ") >= 0");
+  MOE_CHECK(!o.is_moe() || o.moe.router.hidden_size == D, "transformer: the router's hidden_size (",
+            o.moe.router.hidden_size, ") must be the model's (", D, ")");
+  embed_tokens = register_parameter("embed_tokens", at::randn({o.vocab_size, D}).mul_(o.init_std));
+  auto list = register_module("layers", torch::nn::ModuleList());  // names layers.0, layers.1, ...
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    layers.push_back(TransformerBlock(o, i, ep_group, aux_group));
+    list->push_back(layers.back());
+  }
+  norm = register_module("norm", RMSNorm(D, o.norm_eps));
+  lm_head = register_parameter("lm_head", at::randn({o.vocab_size, D}).mul_(o.init_std));
+}
+
+TransformerOutput TransformerImpl::forward(const at::Tensor& tokens) {
+  MOE_CHECK(tokens.dim() == 2 && tokens.scalar_type() == at::kLong, "transformer: expected int64 tokens [B, S], got ",
+            tokens.sizes(), " ", tokens.scalar_type());
+  TransformerOutput out;
+  at::Tensor x = at::embedding(embed_tokens, tokens);
+  for (auto& layer : layers) x = layer->forward(x, out.routings);
+  out.logits = at::linear(norm->forward(x), lm_head);
+  out.router_loss = at::zeros({}, out.logits.options());
+  for (const Routing& r : out.routings) out.router_loss = out.router_loss + r.loss;
+  return out;
+}
+
+bool is_expert_parameter(const std::string& name) { return name.find(".moe.experts.") != std::string::npos; }
+
+namespace {
+
+// FNV-1a: a hash that is the same on every machine and compiler (std::hash is not).
+uint64_t stable_hash(uint64_t seed, const std::string& name, int64_t index) {
+  uint64_t h = 1469598103934665603ull ^ seed;
+  const auto mix = [&h](unsigned char c) { h = (h ^ c) * 1099511628211ull; };
+  for (char c : name) mix(static_cast<unsigned char>(c));
+  for (int i = 0; i < 8; ++i) mix(static_cast<unsigned char>(static_cast<uint64_t>(index) >> (8 * i)));
+  return h;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+void TransformerImpl::init_weights(uint64_t seed) {
+  at::NoGradGuard no_grad;
+  const double residual_std = options_.init_std / std::sqrt(2.0 * static_cast<double>(options_.num_layers));
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    at::Tensor& p = item.value();
+    if (ends_with(name, "layernorm.weight") || name == "norm.weight") {
+      p.fill_(1.0);
+      continue;
+    }
+    const double std = (ends_with(name, "o_proj") || ends_with(name, ".w2")) ? residual_std : options_.init_std;
+    if (is_expert_parameter(name)) {
+      const int64_t first = layers[std::stoll(name.substr(name.find('.') + 1))]->moe->first_local_expert();
+      for (int64_t e = 0; e < p.size(0); ++e) {
+        at::Generator gen = at::detail::createCPUGenerator(stable_hash(seed, name, first + e));
+        p[e].copy_(at::normal(0.0, std, p[e].sizes(), gen));
+      }
+    } else {
+      at::Generator gen = at::detail::createCPUGenerator(stable_hash(seed, name, -1));
+      p.copy_(at::normal(0.0, std, p.sizes(), gen));
+    }
+  }
+}
+
+std::vector<at::Tensor> TransformerImpl::expert_parameters() const {
+  std::vector<at::Tensor> out;
+  for (const auto& item : named_parameters()) {
+    if (is_expert_parameter(item.key())) out.push_back(item.value());
+  }
+  return out;
+}
+
+std::vector<at::Tensor> TransformerImpl::dense_parameters() const {
+  std::vector<at::Tensor> out;
+  for (const auto& item : named_parameters()) {
+    if (!is_expert_parameter(item.key())) out.push_back(item.value());
+  }
+  return out;
+}
+
+std::vector<MoELayer> TransformerImpl::moe_layers() const {
+  std::vector<MoELayer> out;
+  for (const auto& layer : layers) {
+    if (layer->moe) out.push_back(layer->moe);
+  }
+  return out;
 }
 
 }  // namespace moe

@@ -6,6 +6,11 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
+#include <vector>
+
+#include "core/experts.h"
+#include "core/moe_layer.h"
+
 namespace moe {
 
 class RMSNormImpl : public torch::nn::Module {
@@ -46,5 +51,80 @@ class AttentionImpl : public torch::nn::Module {
   AttentionOptions options_;
 };
 TORCH_MODULE(Attention);
+
+// The whole decoder-only model. A dense model is one with moe.router.num_experts == 0.
+struct TransformerOptions {
+  int64_t vocab_size = 256;
+  int64_t num_layers = 2;
+  AttentionOptions attention;  // hidden_size, heads, KV heads, rope_theta
+  double norm_eps = 1e-5;
+  int64_t ffn_hidden_size = 0;  // width of the dense SwiGLU FFNs (dense layers and dense models)
+  MoELayerOptions moe;          // the MoE FFNs; moe.router.hidden_size must equal attention.hidden_size
+  // Layer i (from 0) is an MoE layer when i >= first_dense_layers and (i + 1) % moe_layer_freq == 0:
+  // 1 everywhere (Mixtral), 2 every other layer starting with the second (GLaM, Llama 4); the first
+  // first_dense_layers layers stay dense (DeepSeek-V3).
+  int64_t moe_layer_freq = 1;
+  int64_t first_dense_layers = 0;
+  double init_std = 0.02;
+
+  bool is_moe() const { return moe.router.num_experts > 0; }
+  bool is_moe_layer(int64_t layer) const;
+};
+
+// Pre-norm block, Mixtral layout: x + attn(norm(x)), then h + ffn(norm(h)), the FFN being an MoE layer
+// or a dense SwiGLU MLP (held as Experts with one expert, so both share one grouped-GEMM path).
+class TransformerBlockImpl : public torch::nn::Module {
+ public:
+  TransformerBlockImpl(const TransformerOptions& options, int64_t layer, Communicator* ep_group,
+                       Communicator* aux_group);
+  // x [B, S, D] -> [B, S, D]; appends this layer's routing to `routings` when it is an MoE layer.
+  at::Tensor forward(const at::Tensor& x_BSD, std::vector<Routing>& routings);
+
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  MoELayer moe{nullptr};  // MoE layers
+  Experts mlp{nullptr};   // dense layers
+};
+TORCH_MODULE(TransformerBlock);
+
+struct TransformerOutput {
+  at::Tensor logits;                // [B, S, vocab] float32
+  at::Tensor router_loss;           // scalar: the sum over MoE layers of routing.loss (0 for dense)
+  std::vector<Routing> routings;    // one per MoE layer, in layer order
+};
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  // ep_group / aux_group as for MoELayer (null: one process holds every expert).
+  explicit TransformerImpl(const TransformerOptions& options, Communicator* ep_group = nullptr,
+                           Communicator* aux_group = nullptr);
+  // tokens [B, S] int64 -> logits and the routing of every MoE layer.
+  TransformerOutput forward(const at::Tensor& tokens_BS);
+
+  // Deterministic initialisation that does not depend on the number of ranks: each parameter (each
+  // expert, for expert weights) draws from its own generator seeded by (seed, name, global expert), so
+  // EP=1 and EP=N start from the same model. Normal(0, init_std); o_proj and w2, whose outputs add to
+  // the residual stream, get init_std / sqrt(2 * num_layers) (GPT-2, Megatron); norms are ones.
+  void init_weights(uint64_t seed);
+
+  // Expert weights are sharded over the EP group (their gradients sum over the EDP group); everything
+  // else is replicated on every rank.
+  std::vector<at::Tensor> expert_parameters() const;
+  std::vector<at::Tensor> dense_parameters() const;
+  std::vector<MoELayer> moe_layers() const;
+
+  const TransformerOptions& options() const { return options_; }
+  at::Tensor embed_tokens;  // [vocab, D]
+  std::vector<TransformerBlock> layers;
+  RMSNorm norm{nullptr};
+  at::Tensor lm_head;  // [vocab, D], untied
+
+ private:
+  TransformerOptions options_;
+};
+TORCH_MODULE(Transformer);
+
+// True for the parameters (by their name in named_parameters()) that hold routed experts.
+bool is_expert_parameter(const std::string& name);
 
 }  // namespace moe

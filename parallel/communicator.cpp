@@ -1,9 +1,31 @@
 #include "parallel/communicator.h"
 
-#include "core/check.h"
 #include "parallel/mpi_communicator.h"
 
 namespace moe {
+
+void all_ranks_succeed(Communicator& comm, const std::function<void()>& fn) {
+  std::string message;
+  int code = 0;
+  try {
+    fn();
+  } catch (const Error& e) {
+    message = e.what();
+    code = e.bad_input() ? 2 : 1;
+  } catch (const std::exception& e) {
+    message = e.what();
+    code = 1;
+  }
+  // [exit code, size - rank of a failing rank]: the max gives the worst code and the lowest failing rank.
+  at::Tensor outcome = at::tensor(
+      {static_cast<double>(code), code ? static_cast<double>(comm.size() - comm.rank()) : 0.0}, at::kDouble);
+  comm.all_reduce(outcome, ReduceOp::kMax);
+  const int worst = static_cast<int>(outcome[0].item<double>());
+  if (worst == 0) return;
+  const int reporter = comm.size() - static_cast<int>(outcome[1].item<double>());
+  if (reporter == comm.rank()) throw CollectiveError(message, code, /*reported=*/true);
+  throw CollectiveError("another rank failed", worst, /*reported=*/false);
+}
 
 std::unique_ptr<Communicator> make_communicator(const std::string& backend) {
   if (backend == "mpi") return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);

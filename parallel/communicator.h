@@ -5,9 +5,12 @@
 // calls them in the same order.
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "core/check.h"
 
 namespace moe {
 
@@ -36,6 +39,25 @@ class Communicator {
   // Ranks passing the same color form a new communicator, ordered by key (then by rank here).
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
 };
+
+// What all_ranks_succeed throws when any rank failed: on the lowest failing rank, that rank's message
+// (reported() true: log it); on every other rank, the same exit code and nothing to log.
+class CollectiveError : public Error {
+ public:
+  CollectiveError(const std::string& what, int exit_code, bool reported)
+      : Error(what, exit_code == 2), exit_code_(exit_code), reported_(reported) {}
+  int exit_code() const { return exit_code_; }
+  bool reported() const { return reported_; }
+
+ private:
+  int exit_code_;
+  bool reported_;
+};
+
+// Runs `fn` (local work: checking a config, opening files) on every rank and agrees on the outcome, so
+// that one rank's failure cannot leave the others waiting in the next collective, and a failure every
+// rank shares is reported once. Collective.
+void all_ranks_succeed(Communicator& comm, const std::function<void()>& fn);
 
 // The world communicator of a backend: "mpi" (CPU tensors; MPI must already be initialised) or "nccl"
 // (CUDA tensors; only in builds with MOE_WITH_NCCL).

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Bad configs and overrides: each must stop `moe train` before any work with exit code 2 and one message
+# naming the file (or the --set), the key and its line.
+source "$(dirname "$0")/lib.sh"
+make_test_data
+n=0
+# check NAME EXPECTED [--set ...] < YAML: the YAML is written to NAME.yaml; the message must contain
+# EXPECTED (with FILE standing for the config's path).
+check() {
+  local name=$1 expected=$2
+  shift 2
+  local file="$WORK/$name.yaml"
+  cat > "$file"
+  local rc=0
+  "$MOE" train "$file" "${DATA[@]}" --set train.out_dir="$WORK/out-$name" "$@" > "$WORK/out" 2>&1 || rc=$?
+  expected=${expected//FILE/$file}
+  [ "$rc" -eq 2 ] || { cat "$WORK/out"; fail "$name: exit code $rc, expected 2"; }
+  grep -qF -- "$expected" "$WORK/out" || { cat "$WORK/out"; fail "$name: message lacks '$expected'"; }
+  [ "$(grep -c error "$WORK/out")" -eq 1 ] || { cat "$WORK/out"; fail "$name: expected exactly one error line"; }
+  [ ! -e "$WORK/out-$name" ] || fail "$name: wrote a run directory"
+  n=$((n + 1))
+}
+MODEL='model:
+  hidden_size: 32
+  num_layers: 1
+  num_attention_heads: 2
+  ffn_hidden_size: 32
+  max_seq_len: 16
+data:
+  seq_len: 16
+train:
+  micro_batch_size: 1
+  global_batch_size: 2'
+
+check unknown_key "FILE:2: model.hiden_size is not a config key (did you mean model.hidden_size?)" <<'Y'
+model:
+  hiden_size: 64
+Y
+check unknown_section "FILE:1: optimiser is not a config section" <<'Y'
+optimiser:
+  lr: 1
+Y
+check wrong_type_int "FILE:3: model.num_layers expected an integer, got 'four'" <<'Y'
+model:
+  hidden_size: 64
+  num_layers: four
+Y
+check float_for_int "FILE:2: moe.top_k expected an integer, got '1.5'" <<'Y'
+moe:
+  top_k: 1.5
+Y
+check wrong_type_bool "FILE:2: moe.normalize_topk expected true or false, got 'maybe'" <<'Y'
+moe:
+  normalize_topk: maybe
+Y
+check list_for_number "FILE:2: train.lr expected a number, got a list" <<'Y'
+train:
+  lr: [1, 2]
+Y
+check bad_choice "FILE:2: moe.score_function must be one of softmax | sigmoid, got 'relu'" <<'Y'
+moe:
+  score_function: relu
+Y
+check negative_lr "FILE:3: train.lr must be > 0, got -0.001" <<'Y'
+train:
+  steps: 5
+  lr: -0.001
+Y
+check zero_layers "FILE:2: model.num_layers must be at least 1, got 0" <<'Y'
+model:
+  num_layers: 0
+Y
+check capacity_zero "FILE:2: moe.capacity_factor must be > 0 or null, got 0" <<'Y'
+moe:
+  capacity_factor: 0
+Y
+check beta_one "FILE:2: train.beta2 must be >= 0 and < 1, got 1" <<'Y'
+train:
+  beta2: 1
+Y
+check heads_not_dividing "FILE:3: model.num_attention_heads (6) must divide model.hidden_size (64)" <<'Y'
+model:
+  hidden_size: 64
+  num_attention_heads: 6
+Y
+check kv_not_dividing "FILE:3: model.num_kv_heads (3) must divide model.num_attention_heads (4)" <<'Y'
+model:
+  num_attention_heads: 4
+  num_kv_heads: 3
+  hidden_size: 64
+Y
+check topk_over_experts "FILE:3: moe.top_k (5) must not exceed moe.num_experts (4)" <<'Y'
+moe:
+  num_experts: 4
+  top_k: 5
+Y
+check ep_not_dividing_experts "FILE:4: parallel.expert_parallel_size (3) must divide moe.num_experts (4)" <<'Y'
+moe:
+  num_experts: 4
+parallel:
+  expert_parallel_size: 3
+Y
+check ep_not_dividing_world "FILE:4: parallel.expert_parallel_size (2) must divide the world size (1)" <<'Y'
+moe:
+  num_experts: 4
+parallel:
+  expert_parallel_size: 2
+Y
+check batch_not_divisible "FILE:3: train.global_batch_size (7) must be a multiple of train.micro_batch_size (2) x world size (1)" <<'Y'
+train:
+  micro_batch_size: 2
+  global_batch_size: 7
+Y
+check seq_over_max "FILE:4: data.seq_len (512) must not exceed model.max_seq_len (256)" <<'Y'
+model:
+  max_seq_len: 256
+data:
+  seq_len: 512
+Y
+check no_moe_layer "FILE:5: moe.layer_freq (8) leaves no MoE layer in a model of 4 layers" <<'Y'
+model:
+  num_layers: 4
+moe:
+  num_experts: 4
+  layer_freq: 8
+Y
+check dense_with_ep "FILE:2: parallel.expert_parallel_size (2) must be 1 for a dense model" <<'Y'
+parallel:
+  expert_parallel_size: 2
+Y
+check nccl_not_built "FILE:2: parallel.backend nccl: this moe was built without NCCL" <<'Y'
+parallel:
+  backend: nccl
+Y
+check min_lr_over_lr "FILE:3: train.min_lr (0.01) must not exceed train.lr (0.001)" <<'Y'
+train:
+  lr: 0.001
+  min_lr: 0.01
+Y
+check yaml_syntax "FILE:3: not valid YAML" <<'Y'
+model:
+  hidden_size: 64
+ num_layers: [
+Y
+check not_a_mapping "FILE:1: expected a mapping of sections" <<'Y'
+- model
+Y
+check set_unknown_key "--set moe.experts=4: moe.experts is not a config key (did you mean moe.num_experts?)" --set moe.experts=4 <<<"$MODEL"
+check set_bad_value "--set train.lr=fast: train.lr expected a number, got 'fast'" --set train.lr=fast <<<"$MODEL"
+check set_no_equals "--set train.lr: expected key.path=value" --set train.lr <<<"$MODEL"
+check vocab_too_small "token file $WORK/train.bin: token " --set model.vocab_size=100 <<<"$MODEL"
+check data_missing "cannot open token file $WORK/missing.bin" --set data.train_path="$WORK/missing.bin" <<<"$MODEL"
+printf 'abc' > "$WORK/odd.bin"
+check data_odd_size "token file $WORK/odd.bin: its size (3 bytes) is not a multiple of the element size (2 bytes for uint16)" \
+  --set data.train_path="$WORK/odd.bin" <<<"$MODEL"
+printf 'abcd' > "$WORK/short.bin"
+check data_too_short "token file $WORK/short.bin holds 2 tokens, fewer than one window (17 tokens)" \
+  --set data.train_path="$WORK/short.bin" <<<"$MODEL"
+rc=0
+"$MOE" train "$WORK/none.yaml" > "$WORK/out" 2>&1 || rc=$?
+[ "$rc" -eq 2 ] && grep -qF "cannot read config file $WORK/none.yaml" "$WORK/out" || fail "missing config file: rc $rc"
+n=$((n + 1))
+echo "$n bad configs, each refused with exit code 2 and its message"

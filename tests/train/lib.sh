@@ -1,0 +1,32 @@
+# Shared by the training tests: the moe binary, mpirun as root, and small token files made from this
+# repository's own sources (byte-level), so the tests need no download.
+set -euo pipefail
+MOE=${MOE:?set MOE to the moe executable}
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+export OMPI_MCA_rmaps_base_oversubscribe=1
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+make_test_data() {
+  "$MOE" tokenize "$SRC"/core/*.cpp "$SRC"/core/*.h --out "$WORK/train.bin" 2>/dev/null
+  "$MOE" tokenize "$SRC"/parallel/*.cpp --out "$WORK/val.bin" 2>/dev/null
+  DATA=(--set "data.train_path=$WORK/train.bin" --set "data.val_path=$WORK/val.bin")
+}
+
+# moe_train NP ARGS...: mpirun with one BLAS thread per rank.
+moe_train() {
+  local np=$1
+  shift
+  mpirun --oversubscribe -np "$np" -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 "$MOE" train "$@"
+}
+
+# field FILE KIND KEY: the KEY of every KIND record of a metrics.jsonl, one per line.
+field() {
+  grep "\"kind\":\"$2\"" "$1" | grep -o "\"$3\":[^,}]*" | cut -d: -f2
+}
+
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}

@@ -1,0 +1,25 @@
+#pragma once
+// What a run reports: <out_dir>/metrics.jsonl (one JSON object per line, flushed as written, so a
+// crashed run keeps every step it finished) and the progress line.
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <string>
+
+namespace moe {
+
+class MetricsLog {
+ public:
+  // Creates or truncates `path`.
+  explicit MetricsLog(const std::string& path);
+  void write(const nlohmann::json& record);
+
+ private:
+  std::string path_;
+  std::ofstream os_;
+};
+
+// "1h02m", "3m05s", "12s".
+std::string format_duration(double seconds);
+
+}  // namespace moe

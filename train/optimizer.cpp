@@ -1,0 +1,69 @@
+#include "train/optimizer.h"
+
+#include <cmath>
+
+#include "core/check.h"
+
+namespace moe {
+
+AdamW::AdamW(std::vector<at::Tensor> params, const AdamWOptions& options)
+    : params_(std::move(params)), options_(options) {
+  for (const at::Tensor& p : params_) {
+    exp_avg_.push_back(at::zeros_like(p));
+    exp_avg_sq_.push_back(at::zeros_like(p));
+    decay_.push_back(p.dim() >= 2);
+  }
+}
+
+void AdamW::step(double lr) {
+  at::NoGradGuard no_grad;
+  ++step_;
+  const double bias1 = 1.0 - std::pow(options_.beta1, static_cast<double>(step_));
+  const double bias2 = 1.0 - std::pow(options_.beta2, static_cast<double>(step_));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i];
+    const at::Tensor& g = p.grad();
+    MOE_CHECK(g.defined(), "adamw: parameter ", i, " has no gradient");
+    if (decay_[i] && options_.weight_decay > 0) p.mul_(1.0 - lr * options_.weight_decay);
+    exp_avg_[i].lerp_(g, 1.0 - options_.beta1);
+    exp_avg_sq_[i].mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
+    const at::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(bias2)).add_(options_.eps);
+    p.addcdiv_(exp_avg_[i], denom, -lr / bias1);
+  }
+}
+
+double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, double lr, double min_lr) {
+  if (step <= warmup_steps) return lr * static_cast<double>(step) / static_cast<double>(warmup_steps);
+  if (total_steps <= warmup_steps) return lr;
+  const double progress =
+      static_cast<double>(step - warmup_steps) / static_cast<double>(total_steps - warmup_steps);
+  return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * std::min(progress, 1.0)));
+}
+
+namespace {
+double sum_of_squares(const std::vector<at::Tensor>& params) {
+  double total = 0;
+  for (const at::Tensor& p : params) {
+    if (p.grad().defined()) total += p.grad().to(at::kDouble).square().sum().item<double>();
+  }
+  return total;
+}
+}  // namespace
+
+double global_grad_norm(const std::vector<at::Tensor>& dense, const std::vector<at::Tensor>& experts,
+                        Communicator* ep_group) {
+  at::Tensor expert_sq = at::full({1}, sum_of_squares(experts), at::kDouble);
+  if (ep_group && ep_group->size() > 1) ep_group->all_reduce(expert_sq, ReduceOp::kSum);
+  return std::sqrt(sum_of_squares(dense) + expert_sq.item<double>());
+}
+
+void clip_grads(const std::vector<at::Tensor>& params, double norm, double max_norm) {
+  if (max_norm <= 0 || !(norm > max_norm)) return;
+  at::NoGradGuard no_grad;
+  const double scale = max_norm / (norm + 1e-6);
+  for (const at::Tensor& p : params) {
+    if (p.grad().defined()) p.grad().mul_(scale);
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,50 @@
+#pragma once
+// AdamW (decoupled weight decay, as torch.optim.AdamW), the learning-rate schedule and clipping by the
+// global gradient norm.
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "parallel/communicator.h"
+
+namespace moe {
+
+struct AdamWOptions {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+};
+
+class AdamW {
+ public:
+  // Parameters of fewer than 2 dimensions (norm weights) get no weight decay, as in Megatron and
+  // nanoGPT. Buffers (the routers' expert bias) are not parameters and never reach here.
+  AdamW(std::vector<at::Tensor> params, const AdamWOptions& options);
+  void step(double lr);
+  int64_t steps() const { return step_; }
+  // State exposed for checkpoints: exp_avg and exp_avg_sq per parameter, in the constructor's order.
+  std::vector<at::Tensor>& exp_avg() { return exp_avg_; }
+  std::vector<at::Tensor>& exp_avg_sq() { return exp_avg_sq_; }
+
+ private:
+  std::vector<at::Tensor> params_, exp_avg_, exp_avg_sq_;
+  std::vector<bool> decay_;
+  AdamWOptions options_;
+  int64_t step_ = 0;
+};
+
+// Linear warm-up from lr / warmup to lr over steps 1..warmup, then cosine decay to min_lr at the last
+// step. `step` counts from 1.
+double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, double lr, double min_lr);
+
+// The L2 norm of the gradient of the whole model, every parameter counted once: replicated (dense)
+// gradients are identical on every rank after synchronisation, so they are counted locally; each expert
+// shard is summed over the EP group (null: every expert is local). Collective over the EP group.
+double global_grad_norm(const std::vector<at::Tensor>& dense, const std::vector<at::Tensor>& experts,
+                        Communicator* ep_group);
+
+// Scales every gradient by max_norm / norm when norm exceeds max_norm (max_norm 0: never).
+void clip_grads(const std::vector<at::Tensor>& params, double norm, double max_norm);
+
+}  // namespace moe

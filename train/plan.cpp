@@ -1,0 +1,103 @@
+#include "train/plan.h"
+
+#include <cstdio>
+
+namespace moe {
+
+Plan make_plan(const Config& c, int world_size) {
+  const TransformerOptions o = c.transformer_options();
+  const int64_t D = c.model.hidden_size, V = c.model.vocab_size, H = o.attention.num_heads,
+                KV = o.attention.num_kv_heads, hd = D / H;
+  const int64_t E = c.moe.num_experts, K = c.moe.top_k, F = c.moe.ffn_hidden_size;
+  const int64_t EP = c.parallel.expert_parallel_size;
+  const int64_t expert_matrices = c.moe.expert_type == "gelu" ? 2 : 3;
+  const int64_t attention = 2 * D * H * hd + 2 * D * KV * hd + 2 * D;  // projections and the two norms
+  const int64_t dense_ffn = 3 * D * c.model.ffn_hidden_size;
+  const int64_t expert = expert_matrices * D * F;
+  const int64_t shared = c.moe.num_shared_experts * expert;
+  const int64_t outside = 2 * V * D + D;  // embedding, untied head, final norm
+
+  Plan p;
+  p.total_params = p.active_params = p.params_per_rank = outside;
+  const int64_t T = c.train.micro_batch_size * c.data.seq_len, S = c.data.seq_len;
+  // Floats kept for backward per token: attention (norm in/out, q/k/v before and after rotation, the
+  // output and its projection, 3 x H x S for scores, mask and probabilities), the FFN (norm, routed copies
+  // sent and received, SwiGLU's three F-wide buffers per copy), the logits and their log-softmax.
+  int64_t floats_per_token = 2 * V;
+  for (int64_t l = 0; l < c.model.num_layers; ++l) {
+    p.total_params += attention;
+    p.active_params += attention;
+    p.params_per_rank += attention;
+    floats_per_token += 5 * D + 4 * KV * hd + 2 * H * hd + 3 * H * S;
+    if (o.is_moe_layer(l)) {
+      ++p.num_moe_layers;
+      p.total_params += E * D + E * expert + shared;
+      p.active_params += E * D + K * expert + shared;
+      p.params_per_rank += E * D + E / EP * expert + shared;
+      floats_per_token += 2 * D + E + K * (3 * D + expert_matrices * F) + c.moe.num_shared_experts * 3 * F;
+    } else {
+      p.total_params += dense_ffn;
+      p.active_params += dense_ffn;
+      p.params_per_rank += dense_ffn;
+      floats_per_token += 2 * D + 3 * c.model.ffn_hidden_size;
+    }
+  }
+  p.param_bytes = 4 * p.params_per_rank;
+  p.grad_bytes = 4 * p.params_per_rank;
+  p.optimizer_bytes = 8 * p.params_per_rank;
+  p.activation_bytes = 4 * floats_per_token * T;
+  const int64_t accumulation = c.accumulation_steps(world_size);
+  // Each exchange sends T*K rows of D floats, of which (EP-1)/EP leave the rank; four exchanges a layer.
+  p.a2a_bytes_per_step = 4 * p.num_moe_layers * accumulation * (T * K * D * 4) * (EP - 1) / EP;
+  return p;
+}
+
+nlohmann::json to_json(const Plan& p) {
+  return {{"total_params", p.total_params},
+          {"active_params", p.active_params},
+          {"params_per_rank", p.params_per_rank},
+          {"num_moe_layers", p.num_moe_layers},
+          {"bytes_per_rank",
+           {{"params", p.param_bytes},
+            {"grads", p.grad_bytes},
+            {"optimizer", p.optimizer_bytes},
+            {"activations", p.activation_bytes}}},
+          {"a2a_bytes_per_step_per_rank", p.a2a_bytes_per_step}};
+}
+
+namespace {
+std::string count(int64_t n) {
+  char buf[32];
+  if (n >= 1000000000) {
+    std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
+  }
+  return buf;
+}
+std::string gib(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%10.3f GiB", static_cast<double>(bytes) / (1ull << 30));
+  return buf;
+}
+}  // namespace
+
+std::string describe(const Plan& p, const Config& c, int world_size) {
+  const int64_t ep = c.parallel.expert_parallel_size;
+  std::string out = c.source + " on " + std::to_string(world_size) + " ranks (expert parallel " + std::to_string(ep) +
+                    " x expert data parallel " + std::to_string(world_size / ep) + ")\n";
+  out += "parameters: " + count(p.total_params) + " total, " + count(p.active_params) + " active per token, " +
+         count(p.params_per_rank) + " per rank; " + std::to_string(p.num_moe_layers) + " of " +
+         std::to_string(c.model.num_layers) + " layers MoE\n";
+  out += "memory per rank (float32 weights, AdamW):\n";
+  out += "  parameters   " + gib(p.param_bytes) + "\n";
+  out += "  gradients    " + gib(p.grad_bytes) + "\n";
+  out += "  optimizer    " + gib(p.optimizer_bytes) + "\n";
+  out += "  activations  " + gib(p.activation_bytes) + "  (one micro-batch of " +
+         std::to_string(c.train.micro_batch_size) + " x " + std::to_string(c.data.seq_len) + " tokens, estimate)\n";
+  out += "  total        " + gib(p.param_bytes + p.grad_bytes + p.optimizer_bytes + p.activation_bytes) + "\n";
+  out += "all-to-all: " + gib(p.a2a_bytes_per_step) + " sent per rank per step\n";
+  return out;
+}
+
+}  // namespace moe
