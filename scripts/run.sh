@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The main job: set-up if needed, build, then run the default experiment on 2 MPI ranks. Until the
-# trainer lands, that is one MoE layer with its experts sharded over the 2 ranks (EP=2), forward and
-# backward on random tokens: it prints the routing statistics, the time per step and its floors.
+# The main job: set-up if needed, build, prepare the Brown corpus, then train the default experiment
+# (configs/brown-moe.yaml: a Mixtral-layout MoE, its experts sharded over 2 MPI ranks) and end with its
+# validation loss. Extra arguments go to `moe train` (e.g. --set train.steps=3). Each run gets its own
+# directory under runs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/build.sh
+./scripts/prepare_data.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
-mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 build/bench_moe_layer "$@"
+config=${MOE_CONFIG:-configs/brown-moe.yaml}
+out="runs/$(basename "$config" .yaml)-$(date +%Y%m%d-%H%M%S)"
+mpirun --oversubscribe -np "${MOE_RANKS:-2}" -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 \
+  build/moe train "$config" --set train.out_dir="$out" "$@"

@@ -1,0 +1,58 @@
+#include "train/plan.h"
+
+#include <gtest/gtest.h>
+
+#include "core/transformer.h"
+
+namespace moe {
+namespace {
+
+int64_t numel(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+
+Config small(const std::vector<std::string>& overrides) {
+  Config c = load_config(std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml", overrides, 1);
+  return c;
+}
+
+// The plan counts parameters from shapes alone; the model it describes, built, must hold exactly that many.
+TEST(Plan, TotalParametersMatchTheBuiltModel) {
+  for (const auto& overrides : std::vector<std::vector<std::string>>{
+           {},
+           {"moe.num_shared_experts=2", "moe.first_dense_layers=1", "model.num_layers=3"},
+           {"moe.layer_freq=2", "moe.expert_type=gelu", "model.num_layers=4"},
+           {"moe.num_experts=0"}}) {
+    const Config c = small(overrides);
+    const Transformer model(c.transformer_options());
+    EXPECT_EQ(make_plan(c, 1).total_params, numel(*model)) << overrides.size();
+  }
+}
+
+TEST(Plan, ActiveParametersByHand) {
+  // tiny: vocab 256, D 64, 2 layers, 4 heads of 16, 2 KV heads; 4 SwiGLU experts of 64, top-2.
+  const Config c = small({});
+  const int64_t attention = 2 * 64 * 64 + 2 * 64 * 32 + 2 * 64;
+  const int64_t moe_active = 4 * 64 + 2 * 3 * 64 * 64;
+  EXPECT_EQ(make_plan(c, 1).active_params, 2 * 256 * 64 + 64 + 2 * (attention + moe_active));
+}
+
+TEST(Plan, AllToAllBytesByHand) {
+  // 2 MoE layers x 4 exchanges x accumulation 2 x (2 x 32 tokens x top-2 x 64 floats x 4 bytes) x (EP-1)/EP.
+  const Config c = load_config(std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml",
+                               {"parallel.expert_parallel_size=2"}, 2);
+  EXPECT_EQ(make_plan(c, 2).a2a_bytes_per_step, 2 * 4 * 2 * (2 * 32 * 2 * 64 * 4) / 2);
+  EXPECT_EQ(make_plan(c, 2).params_per_rank, make_plan(c, 1).total_params - 2 * 2 * 3 * 64 * 64);
+}
+
+TEST(Plan, Mixtral8x7bHasMistralsPublishedSizes) {
+  const Config c = load_config(std::string(MOE_SOURCE_DIR) + "/configs/mixtral-8x7b.yaml", {}, 64);
+  const Plan p = make_plan(c, 64);
+  EXPECT_NEAR(static_cast<double>(p.total_params), 46.7e9, 0.01 * 46.7e9);
+  EXPECT_NEAR(static_cast<double>(p.active_params), 12.9e9, 0.01 * 12.9e9);
+}
+
+}  // namespace
+}  // namespace moe
