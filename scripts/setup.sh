@@ -13,6 +13,7 @@ packages=(
   nlohmann-json3-dev                 # metrics, manifests, safetensors headers
   libcli11-dev                       # the command line
   libgtest-dev                       # the tests
+  python3-numpy                      # the tests: an independent reader and forward pass of exports
   ca-certificates
 )
 # Tools, by command: one already on the PATH (another Node.js, a newer cmake) is fine.

@@ -110,6 +110,8 @@ class Schema {
     real("train.beta2", t.beta2, 0, true, 1);
     real("train.adam_eps", t.adam_eps, 0, false);
     real("train.grad_clip", t.grad_clip, 0, true);
+    integer("checkpoint.every", c.checkpoint.every, 0);
+    integer("checkpoint.keep_last", c.checkpoint.keep_last, 0);
   }
 
   const Field* find(const std::string& key) const {
@@ -382,7 +384,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
                                      [&](const Field& f) { return f.key.rfind(name + ".", 0) == 0; });
       if (!known) {
         throw Error(line_of(path, section.first) + ": " + name +
-                        " is not a config section (model, moe, parallel, data, train)",
+                        " is not a config section (model, moe, parallel, data, train, checkpoint)",
                     /*bad_input=*/true);
       }
       if (!section.second.IsMap()) {

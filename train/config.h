@@ -76,12 +76,18 @@ struct TrainConfig {
   double grad_clip = 1.0;          // 0: no clipping
 };
 
+struct CheckpointConfig {
+  int64_t every = 0;      // save every this many steps (and at the end, and on SIGTERM/SIGINT); 0: only those
+  int64_t keep_last = 3;  // checkpoints kept; 0: all
+};
+
 struct Config {
   ModelConfig model;
   MoEConfig moe;
   ParallelConfig parallel;
   DataConfig data;
   TrainConfig train;
+  CheckpointConfig checkpoint;
   std::string source;  // the file it came from
 
   // Derived.

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <exception>
+#include <functional>
 #include <iostream>
 
 #include <c10/util/Exception.h>
@@ -15,6 +16,7 @@
 #include "parallel/mpi_communicator.h"
 #include "train/config.h"
 #include "train/data.h"
+#include "train/export.h"
 #include "train/plan.h"
 #include "train/trainer.h"
 
@@ -44,18 +46,14 @@ std::string message_of(const std::exception& e) {
   return e.what();
 }
 
-int train(int* argc, char*** argv, const std::string& config_path, const std::vector<std::string>& sets) {
+// Runs `body` on every rank of an MPI job (it may be one process without mpirun), with the error
+// handling of the header comment.
+int run_mpi(int* argc, char*** argv, const std::function<int(moe::Communicator&)>& body) {
   moe::MpiSession mpi(argc, argv);
   moe::MpiCommunicator world(MPI_COMM_WORLD);
   setup_logging(world.rank());
   try {
-    moe::Config config;
-    moe::all_ranks_succeed(world, [&] { config = moe::load_config(config_path, sets, world.size()); });
-    moe::Trainer trainer(config, world);
-    const double loss = trainer.train();
-    spdlog::info("done: validation loss {:.4f} (nats per token) after {} steps; run directory {}", loss,
-                 config.train.steps, config.train.out_dir);
-    return 0;
+    return body(world);
   } catch (const moe::CollectiveError& e) {
     if (e.reported()) spdlog::error("{}", e.what());
     return e.exit_code();
@@ -78,14 +76,34 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);
   app.require_subcommand(0, 1);
 
-  std::string config_path, out_path, dtype = "uint16";
+  std::string config_path, out_path, dtype = "uint16", resume, checkpoint_dir, data_path, export_dtype = "float32";
   std::vector<std::string> sets, files;
   int world_size = 1;
+  int64_t seq_len = 0, windows = 0, max_shard_bytes = 5'000'000'000LL;
   bool json = false;
 
   CLI::App* train_cmd = app.add_subcommand("train", "Train the model a config describes (run under mpirun)");
   train_cmd->add_option("config", config_path, "The experiment, a YAML file (see docs/config.md)")->required();
   train_cmd->add_option("--set", sets, "Override a config key: --set train.lr=3e-4 (repeatable)");
+  train_cmd->add_option("--resume", resume, "Continue from a checkpoint: 'latest' (of train.out_dir) or a directory");
+
+  CLI::App* eval_cmd = app.add_subcommand("eval", "Loss of a checkpoint on a token file; prints {\"loss\", \"tokens\"}");
+  eval_cmd->add_option("--checkpoint", checkpoint_dir, "Checkpoint directory")->required();
+  eval_cmd->add_option("--data", data_path, "Token file (.bin, the dtype of the checkpoint's config)")->required();
+  eval_cmd->add_option("--seq-len", seq_len, "Predictions per window, L")->required();
+  eval_cmd->add_option("--windows", windows, "Windows N: window i is tokens [i*L, i*L+L]")->required();
+
+  CLI::App* export_cmd = app.add_subcommand("export", "Write a checkpoint as a Hugging Face Mixtral checkpoint");
+  export_cmd->add_option("checkpoint", checkpoint_dir, "Checkpoint directory")->required();
+  export_cmd->add_option("out", out_path, "Output directory (must not exist)")->required();
+  export_cmd->add_option("--dtype", export_dtype, "Weights dtype")->check(CLI::IsMember({"float32", "bfloat16"}));
+  export_cmd->add_option("--max-shard-bytes", max_shard_bytes, "Split model.safetensors above this size")
+      ->check(CLI::PositiveNumber);
+
+  CLI::App* checkpoint_cmd = app.add_subcommand("checkpoint", "Checkpoint tools");
+  CLI::App* verify_cmd = checkpoint_cmd->add_subcommand("verify", "Check every file of a checkpoint against its manifest");
+  verify_cmd->add_option("dir", checkpoint_dir, "Checkpoint directory")->required();
+  checkpoint_cmd->require_subcommand(1);
 
   CLI::App* tokenize_cmd = app.add_subcommand("tokenize", "Turn text files into a byte-level token file (vocab 256)");
   tokenize_cmd->add_option("files", files, "Input text files, concatenated in order")->required();
@@ -104,16 +122,46 @@ int main(int argc, char** argv) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
-  if (train_cmd->parsed()) return train(&argc, &argv, config_path, sets);
+  if (train_cmd->parsed()) {
+    return run_mpi(&argc, &argv, [&](moe::Communicator& world) {
+      moe::Config config;
+      moe::all_ranks_succeed(world, [&] { config = moe::load_config(config_path, sets, world.size()); });
+      moe::Trainer trainer(config, world, resume);
+      const double loss = trainer.train();
+      if (trainer.stopped_by() != 0) return 128 + trainer.stopped_by();
+      spdlog::info("done: validation loss {:.4f} (nats per token) after {} steps; run directory {}", loss,
+                   config.train.steps, config.train.out_dir);
+      return 0;
+    });
+  }
+  if (eval_cmd->parsed()) {
+    return run_mpi(&argc, &argv, [&](moe::Communicator& world) {
+      const moe::EvalResult r = moe::evaluate_checkpoint(checkpoint_dir, data_path, seq_len, windows, world);
+      if (world.rank() == 0) {
+        std::cout << nlohmann::json({{"loss", r.loss}, {"tokens", r.tokens}}).dump() << std::endl;
+      }
+      return 0;
+    });
+  }
   setup_logging(0);
   try {
-    if (tokenize_cmd->parsed()) {
+    if (export_cmd->parsed()) {
+      moe::ExportOptions options;
+      options.dtype = export_dtype;
+      options.max_shard_bytes = max_shard_bytes;
+      moe::export_huggingface(checkpoint_dir, out_path, options);
+    } else if (verify_cmd->parsed()) {
+      const nlohmann::json manifest = moe::verify_checkpoint(checkpoint_dir);
+      std::cout << checkpoint_dir << ": ok (step " << manifest["step"] << ", " << manifest["files"].size()
+                << " files, saved on " << manifest["world_size"] << " ranks with expert parallel "
+                << manifest["expert_parallel_size"] << ")" << std::endl;
+    } else if (tokenize_cmd->parsed()) {
       const int64_t n = moe::tokenize_files(files, out_path, dtype);
       spdlog::info("wrote {} tokens to {}", n, out_path);
     } else if (plan_cmd->parsed()) {
       const moe::Config config = moe::load_config(config_path, sets, world_size);
       const moe::Plan plan = moe::make_plan(config, world_size);
-      std::cout << (json ? moe::to_json(plan).dump(2) + "\n" : moe::describe(plan, config, world_size));
+      std::cout << (json ? moe::to_json(plan).dump() + "\n" : moe::describe(plan, config, world_size));
     } else {
       std::cout << app.help();
     }

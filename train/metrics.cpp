@@ -3,12 +3,24 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "core/check.h"
 
 namespace moe {
 
-MetricsLog::MetricsLog(const std::string& path) : path_(path), os_(path, std::ios::trunc) {
+MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : path_(path) {
+  if (keep_through_step >= 0) {
+    std::string kept;
+    std::ifstream is(path);
+    for (std::string line; std::getline(is, line);) {
+      const auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (record.is_object() && record.value("step", int64_t{-1}) <= keep_through_step) kept += line + "\n";
+    }
+    std::ofstream(path + ".tmp", std::ios::trunc) << kept;
+    std::filesystem::rename(path + ".tmp", path);
+  }
+  os_.open(path, keep_through_step >= 0 ? std::ios::app : std::ios::trunc);
   MOE_CHECK(os_.good(), "cannot write ", path, ": ", std::strerror(errno));
 }
 

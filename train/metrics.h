@@ -10,8 +10,10 @@ namespace moe {
 
 class MetricsLog {
  public:
-  // Creates or truncates `path`.
-  explicit MetricsLog(const std::string& path);
+  // keep_through_step < 0: creates or truncates `path`. Otherwise (a resumed run) keeps the records of
+  // steps up to keep_through_step, drops any later ones (written after that checkpoint by the run that
+  // died) and appends from there.
+  MetricsLog(const std::string& path, int64_t keep_through_step);
   void write(const nlohmann::json& record);
 
  private:

@@ -23,6 +23,7 @@ class AdamW {
   AdamW(std::vector<at::Tensor> params, const AdamWOptions& options);
   void step(double lr);
   int64_t steps() const { return step_; }
+  void set_steps(int64_t steps) { step_ = steps; }  // when resuming
   // State exposed for checkpoints: exp_avg and exp_avg_sq per parameter, in the constructor's order.
   std::vector<at::Tensor>& exp_avg() { return exp_avg_; }
   std::vector<at::Tensor>& exp_avg_sq() { return exp_avg_sq_; }

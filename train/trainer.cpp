@@ -2,8 +2,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
@@ -12,32 +15,39 @@
 namespace moe {
 namespace {
 
+volatile std::sig_atomic_t g_signal = 0;
+void on_stop_signal(int sig) { g_signal = sig; }
+
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Writes `text` to `path` through a temporary file renamed into place.
 void write_file_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream os(tmp, std::ios::trunc);
-    os << text;
-    MOE_CHECK(os.good(), "cannot write ", tmp);
-  }
-  std::filesystem::rename(tmp, path);
+  write_text_file(path + ".tmp", text);
+  std::filesystem::rename(path + ".tmp", path);
+}
+
+// "layers.3.moe.experts.w1" with global expert 5 -> "layers.3.moe.experts.5.w1".
+std::string expert_name(const std::string& name, int64_t expert) {
+  const size_t dot = name.rfind('.');
+  return name.substr(0, dot) + "." + std::to_string(expert) + name.substr(dot);
 }
 
 }  // namespace
 
 // One step's numbers, summed over this rank's micro-batches until report() reduces them over the world.
-// Layout of `sums` (float64): lm loss, aux loss, z loss, dropped, assignments, then per MoE layer the
-// assignments per expert after capacity (tokens_per_expert) and before it (routed, the balancing load).
+// Layout of `sums` (float64): lm loss, aux loss, z loss, dropped, assignments, the stop signal (max over
+// ranks once reduced, so every rank agrees to stop), then per MoE layer the assignments per expert after
+// capacity (tokens_per_expert) and before it (routed, the balancing load).
 struct Trainer::StepStats {
   at::Tensor sums;
   double grad_norm = 0, lr = 0;
 };
 
-Trainer::Trainer(const Config& config, Communicator& world)
+constexpr int64_t kCounts = 6;  // offset of the per-expert counts in StepStats::sums
+
+Trainer::Trainer(const Config& config, Communicator& world, const std::string& resume)
     : config_(config),
       world_(world),
       dims_(world.size(), world.rank(), static_cast<int>(config.parallel.expert_parallel_size),
@@ -53,13 +63,14 @@ Trainer::Trainer(const Config& config, Communicator& world)
                                               config_.model.vocab_size, window);
     val_data_ = std::make_unique<TokenFile>(config_.data.val_path, config_.data.dtype, config_.model.vocab_size,
                                             window);
-    if (world.rank() != 0) return;
+    if (world.rank() != 0 || !resume.empty()) return;
     const std::filesystem::path dir(t.out_dir);
     MOE_INPUT_CHECK(!std::filesystem::exists(dir / "metrics.jsonl"), "train.out_dir ", t.out_dir,
-                    " already holds a run (metrics.jsonl); choose another (--set train.out_dir=...)");
+                    " already holds a run (metrics.jsonl); continue it with --resume latest, or choose another "
+                    "(--set train.out_dir=...)");
     std::filesystem::create_directories(dir);
     write_file_atomically((dir / "config.yaml").string(), to_yaml(config_));
-    metrics_ = std::make_unique<MetricsLog>((dir / "metrics.jsonl").string());
+    metrics_ = std::make_unique<MetricsLog>((dir / "metrics.jsonl").string(), -1);
   });
 
   model_ = Transformer(config_.transformer_options(), groups_.ep.get(), &world_);
@@ -71,6 +82,11 @@ Trainer::Trainer(const Config& config, Communicator& world)
   expert_params_ = model_->expert_parameters();
   all_params_ = dense_params_;
   all_params_.insert(all_params_.end(), expert_params_.begin(), expert_params_.end());
+  for (bool experts : {false, true}) {  // the names in all_params_ order
+    for (const auto& item : model_->named_parameters()) {
+      if (is_expert_parameter(item.key()) == experts) all_names_.push_back(item.key());
+    }
+  }
   grad_sync_ = std::make_unique<GradSync>(dense_params_, world_, expert_params_, groups_.edp.get());
   AdamWOptions ao;
   ao.beta1 = t.beta1;
@@ -78,6 +94,30 @@ Trainer::Trainer(const Config& config, Communicator& world)
   ao.eps = t.adam_eps;
   ao.weight_decay = t.weight_decay;
   optimizer_ = std::make_unique<AdamW>(all_params_, ao);
+
+  if (!resume.empty()) {
+    all_ranks_succeed(world_, [&] {
+      const std::string dir = resolve_checkpoint(t.out_dir + "/checkpoints", resume);
+      CheckpointState state = checkpoint_state();
+      const bool same_world = load_checkpoint(dir, state, dims_);
+      start_step_ = state.step;
+      elapsed_ = state.train_seconds;
+      optimizer_->set_steps(state.optimizer_steps);
+      if (same_world) {
+        at::Generator generator = at::detail::getDefaultCPUGenerator();
+        generator.set_state(state.rng_state);
+      } else {  // another world size: the ranks' generators cannot map one to one; reseed by the step
+        at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1) + 7919ull * state.step);
+        spdlog::warn("resumed on {} ranks from a checkpoint of another world size: router jitter draws differ "
+                     "from the original run", world.size());
+      }
+      last_saved_ = start_step_;
+      if (world.rank() == 0) {
+        metrics_ = std::make_unique<MetricsLog>(t.out_dir + "/metrics.jsonl", start_step_);
+      }
+      spdlog::info("resumed from {} at step {}", dir, start_step_);
+    });
+  }
 
   int64_t total = 0, experts_local = 0;
   for (const auto& p : dense_params_) total += p.numel();
@@ -96,12 +136,22 @@ Trainer::Trainer(const Config& config, Communicator& world)
 double Trainer::train() {
   const auto& t = config_.train;
   double val_loss = NAN;
-  for (int64_t step = 1; step <= t.steps; ++step) {
+  g_signal = 0;
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+  for (int64_t step = start_step_ + 1; step <= t.steps; ++step) {
     const double start = now_seconds();
     const StepStats stats = train_step(step);
     const double seconds = now_seconds() - start;
     elapsed_ += seconds;
     report(step, stats, seconds);
+    if (stats.sums[5].item<double>() > 0) {  // a rank got SIGTERM or SIGINT: save, then stop
+      stopped_by_ = static_cast<int>(stats.sums[5].item<double>());
+      save(step);
+      spdlog::warn("stopped by signal {} after step {}; continue with --resume latest", stopped_by_, step);
+      return NAN;
+    }
+    if (config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0) save(step);
     if ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps) {
       val_loss = evaluate();
       const int64_t tokens = step * t.global_batch_size * config_.data.seq_len;
@@ -113,7 +163,48 @@ double Trainer::train() {
       }
     }
   }
+  if (last_saved_ != t.steps) save(t.steps);
   return val_loss;
+}
+
+CheckpointState model_checkpoint_state(Transformer& model, const std::vector<std::string>& names,
+                                       const std::vector<at::Tensor>& params, AdamW* optimizer) {
+  CheckpointState state;
+  const auto add = [&](const std::string& name, const at::Tensor& t) {
+    if (!is_expert_parameter(name)) {
+      state.replicated.emplace_back(name, t);
+      return;
+    }
+    const int64_t layer = std::stoll(name.substr(name.find('.') + 1));
+    const int64_t first = model->layers[layer]->moe->first_local_expert();
+    for (int64_t e = 0; e < t.size(0); ++e) state.experts.emplace_back(expert_name(name, first + e), t[e]);
+  };
+  for (size_t i = 0; i < params.size(); ++i) add(names[i], params[i]);
+  if (optimizer) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      add("exp_avg/" + names[i], optimizer->exp_avg()[i]);
+      add("exp_avg_sq/" + names[i], optimizer->exp_avg_sq()[i]);
+    }
+    state.optimizer_steps = optimizer->steps();
+  }
+  state.with_optimizer = optimizer != nullptr;
+  for (const auto& item : model->named_buffers()) state.replicated.emplace_back(item.key(), item.value());
+  return state;
+}
+
+CheckpointState Trainer::checkpoint_state() {
+  CheckpointState state = model_checkpoint_state(model_, all_names_, all_params_, optimizer_.get());
+  state.rng_state = at::detail::getDefaultCPUGenerator().get_state();
+  return state;
+}
+
+void Trainer::save(int64_t step) {
+  CheckpointState state = checkpoint_state();
+  state.step = step;
+  state.train_seconds = elapsed_;
+  save_checkpoint(config_.train.out_dir + "/checkpoints", state, to_yaml(config_), world_, dims_,
+                  config_.checkpoint.keep_last);
+  last_saved_ = step;
 }
 
 Trainer::StepStats Trainer::train_step(int64_t step) {
@@ -121,7 +212,7 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
   const int64_t L = config_.data.seq_len, E = config_.moe.num_experts;
   const auto num_moe = static_cast<int64_t>(moe_layers_.size());
   StepStats stats;
-  stats.sums = at::zeros({5 + 2 * num_moe * E}, at::kDouble);
+  stats.sums = at::zeros({kCounts + 2 * num_moe * E}, at::kDouble);
   double* sums = stats.sums.data_ptr<double>();
 
   for (at::Tensor& p : all_params_) {
@@ -146,8 +237,8 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
       sums[2] += r.z_loss.item<double>() / static_cast<double>(num_moe);
       sums[3] += static_cast<double>(r.num_dropped);
       sums[4] += static_cast<double>(r.expert_ids_TK.numel());
-      stats.sums.narrow(0, 5 + l * E, E).add_(r.tokens_per_expert_E);
-      stats.sums.narrow(0, 5 + (num_moe + l) * E, E).add_(r.routed_per_expert_E);
+      stats.sums.narrow(0, kCounts + l * E, E).add_(r.tokens_per_expert_E);
+      stats.sums.narrow(0, kCounts + (num_moe + l) * E, E).add_(r.routed_per_expert_E);
     }
   }
   MOE_CHECK(std::isfinite(sums[0]), "the training loss is not finite at step ", step,
@@ -159,11 +250,15 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
   stats.lr = learning_rate(step, t.steps, t.warmup_steps, t.lr, t.min_lr);
   optimizer_->step(stats.lr);
 
+  sums[5] = g_signal;
+  at::Tensor stop = stats.sums.narrow(0, 5, 1).clone();
   world_.all_reduce(stats.sums, ReduceOp::kSum);
+  world_.all_reduce(stop, ReduceOp::kMax);
+  stats.sums[5] = stop[0];
   // Aux-loss-free balancing: every rank moves its bias by the loads of the whole global batch, so the
   // replicated routers stay identical.
   for (int64_t l = 0; l < num_moe; ++l) {
-    moe_layers_[l]->router->update_expert_bias(stats.sums.narrow(0, 5 + (num_moe + l) * E, E));
+    moe_layers_[l]->router->update_expert_bias(stats.sums.narrow(0, kCounts + (num_moe + l) * E, E));
   }
   return stats;
 }
@@ -188,7 +283,7 @@ void Trainer::report(int64_t step, const StepStats& stats, double seconds) {
   nlohmann::json per_layer = nlohmann::json::array();
   for (int64_t l = 0; l < num_moe; ++l) {
     std::vector<int64_t> counts(E);
-    for (int64_t e = 0; e < E; ++e) counts[e] = std::llround(sums[5 + l * E + e]);
+    for (int64_t e = 0; e < E; ++e) counts[e] = std::llround(sums[kCounts + l * E + e]);
     per_layer.push_back(counts);
   }
   metrics_->write({{"kind", "train"},
@@ -205,37 +300,77 @@ void Trainer::report(int64_t step, const StepStats& stats, double seconds) {
 
 double Trainer::evaluate() {
   const auto& t = config_.train;
-  const int64_t L = config_.data.seq_len, B = t.micro_batch_size, W = world_.size();
-  const std::vector<int64_t> offsets = eval_offsets(val_data_->size(), L, t.eval_windows);
+  return evaluate_windows(model_, *val_data_, eval_offsets(val_data_->size(), config_.data.seq_len, t.eval_windows),
+                          config_.data.seq_len, t.micro_batch_size, world_);
+}
+
+double evaluate_windows(Transformer& model, const TokenFile& file, const std::vector<int64_t>& offsets,
+                        int64_t L, int64_t B, Communicator& world) {
   const auto n = static_cast<int64_t>(offsets.size());
+  const int64_t W = world.size();
   // Every rank runs the same number of forwards (the all-to-alls of EP pair them up); windows past the
   // end repeat the last one and weigh 0.
   const int64_t rounds = (n + W * B - 1) / (W * B);
   at::Tensor totals = at::zeros({2}, at::kDouble);  // summed loss, tokens
-  model_->eval();
+  const bool was_training = model->is_training();
+  model->eval();
   {
     at::NoGradGuard no_grad;
     for (int64_t round = 0; round < rounds; ++round) {
       std::vector<int64_t> chosen(B);
       at::Tensor weight = at::zeros({B, 1}, at::kFloat);
       for (int64_t b = 0; b < B; ++b) {
-        const int64_t i = round * W * B + world_.rank() * B + b;
+        const int64_t i = round * W * B + world.rank() * B + b;
         chosen[b] = offsets[std::min(i, n - 1)];
         if (i < n) weight[b][0] = 1.0;
       }
-      const at::Tensor windows = val_data_->windows(chosen, L + 1);
-      const at::Tensor logits = model_->forward(windows.narrow(1, 0, L)).logits;
+      const at::Tensor windows = file.windows(chosen, L + 1);
+      const at::Tensor logits = model->forward(windows.narrow(1, 0, L)).logits;
       const at::Tensor per_token =
           at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), windows.narrow(1, 1, L).reshape({-1}),
                                  {}, at::Reduction::None)
               .view({B, L});
-      totals[0] += (per_token * weight).sum().to(at::kDouble);
+      totals[0] += (per_token.to(at::kDouble) * weight.to(at::kDouble)).sum();
       totals[1] += weight.sum().item<double>() * static_cast<double>(L);
     }
   }
-  model_->train();
-  world_.all_reduce(totals, ReduceOp::kSum);
+  model->train(was_training);
+  world.all_reduce(totals, ReduceOp::kSum);
   return totals[0].item<double>() / totals[1].item<double>();
+}
+
+EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
+                               Communicator& world) {
+  Config config;
+  std::unique_ptr<TokenFile> file;
+  all_ranks_succeed(world, [&] {
+    MOE_INPUT_CHECK(seq_len >= 1 && windows >= 1, "eval: --seq-len (", seq_len, ") and --windows (", windows,
+                    ") must be positive");
+    verify_checkpoint(dir);
+    config = load_config(dir + "/config.yaml", {}, 0);
+    const int64_t E = config.moe.num_experts;
+    MOE_INPUT_CHECK(E == 0 || E % world.size() == 0, "eval: the number of ranks (", world.size(),
+                    ") must divide moe.num_experts (", E, ") of ", dir, "/config.yaml");
+    config.parallel.expert_parallel_size = E > 0 ? world.size() : 1;
+    config.moe.capacity_factor.reset();  // dropless
+    config.moe.eval_capacity_factor.reset();
+    file = std::make_unique<TokenFile>(data, config.data.dtype, config.model.vocab_size, windows * seq_len + 1);
+  });
+  const ParallelDims dims(world.size(), world.rank(), static_cast<int>(config.parallel.expert_parallel_size),
+                          config.moe.num_experts);
+  const ProcessGroups groups = make_process_groups(world, dims);
+  Transformer model(config.transformer_options(), groups.ep.get(), &world);
+  std::vector<std::string> names;
+  std::vector<at::Tensor> params;
+  for (const auto& item : model->named_parameters()) {
+    names.push_back(item.key());
+    params.push_back(item.value());
+  }
+  CheckpointState state = model_checkpoint_state(model, names, params, nullptr);
+  all_ranks_succeed(world, [&] { load_checkpoint(dir, state, dims); });
+  std::vector<int64_t> offsets(windows);
+  for (int64_t i = 0; i < windows; ++i) offsets[i] = i * seq_len;
+  return {evaluate_windows(model, *file, offsets, seq_len, config.train.micro_batch_size, world), windows * seq_len};
 }
 
 }  // namespace moe

@@ -30,3 +30,7 @@ fail() {
   echo "FAIL: $*" >&2
   exit 1
 }
+
+# Debian's python3 (with python3-numpy from setup.sh), not whichever python3 comes first on the PATH.
+PYTHON=/usr/bin/python3
+[ -x "$PYTHON" ] || PYTHON=python3

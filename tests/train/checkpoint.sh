@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Checkpoints under real mpirun, on real files. One part per call:
+#   resume    resume is bit-exact; a checkpoint of 4 ranks (EP 4) evaluates and resumes on 2 and 1;
+#             SIGTERM saves and stops
+#   kill      SIGKILL in the middle of a save leaves the previous checkpoint verifying and resuming
+#   corrupt   truncated, altered, missing, mis-shaped files and a manifest path outside: exit 2 each
+#   export    the Hugging Face export, read back and run by an independent numpy forward pass
+source "$(dirname "$0")/lib.sh"
+part=$1
+make_test_data
+TINY=("$SRC/configs/tiny.yaml" "${DATA[@]}" --set checkpoint.every=10 --set checkpoint.keep_last=0)
+# The base run: tiny on 4 ranks, EP 4, checkpoints at steps 10 and 20.
+base() {
+  moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/base" --set train.micro_batch_size=2 \
+    --set parallel.expert_parallel_size=4 2>"$WORK/base.log" || { cat "$WORK/base.log"; fail "base run"; }
+}
+strip_timing() { sed 's/"tokens_per_s":[^,]*,//; s/,"train_seconds":[^,}]*//' "$1"; }
+eval_loss() {  # NP CHECKPOINT
+  mpirun --oversubscribe -np "$1" -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 "$MOE" eval --checkpoint "$2" \
+    --data "$WORK/val.bin" --seq-len 32 --windows 24 2>"$WORK/eval.log" | grep -o '"loss":[^,}]*' | cut -d: -f2
+}
+# expect_refused NAME EXPECTED COMMAND...: exit code 2 and the message.
+expect_refused() {
+  local name=$1 expected=$2 rc=0
+  shift 2
+  "$@" > "$WORK/out" 2>&1 || rc=$?
+  [ "$rc" -eq 2 ] || { cat "$WORK/out"; fail "$name: exit code $rc, expected 2"; }
+  grep -qF -- "$expected" "$WORK/out" || { cat "$WORK/out"; fail "$name: message lacks '$expected'"; }
+  echo "$name: refused: $(grep error "$WORK/out" | head -1 | sed 's/^.*\] //')"
+}
+
+case $part in
+resume)
+  base
+  "$MOE" checkpoint verify "$WORK/base/checkpoints/step_00000020" || fail "verify"
+  # Bit-exact resume: the same run, cut back to its step-10 checkpoint, then resumed.
+  cp -r "$WORK/base" "$WORK/cut"
+  rm -rf "$WORK/cut/checkpoints/step_00000020"
+  echo step_00000010 > "$WORK/cut/checkpoints/latest"
+  moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/cut" --set train.micro_batch_size=2 \
+    --set parallel.expert_parallel_size=4 --resume latest 2>"$WORK/cut.log" || { cat "$WORK/cut.log"; fail "resume"; }
+  cmp <(strip_timing "$WORK/base/metrics.jsonl") <(strip_timing "$WORK/cut/metrics.jsonl") ||
+    fail "resumed metrics differ from the uninterrupted run"
+  cmp "$WORK/base/checkpoints/step_00000020/model.safetensors" "$WORK/cut/checkpoints/step_00000020/model.safetensors" ||
+    fail "resumed weights differ"
+  echo "resume: steps 11-20 after resuming at 10 are bit-identical to the uninterrupted run (metrics and weights)"
+  # Another world size: evaluate the 4-rank checkpoint on 4, 2 and 1 ranks; resume it on 2 and on 1.
+  l4=$(eval_loss 4 "$WORK/base/checkpoints/step_00000020") || { cat "$WORK/eval.log"; fail "eval on 4"; }
+  for np in 2 1; do
+    l=$(eval_loss $np "$WORK/base/checkpoints/step_00000020") || { cat "$WORK/eval.log"; fail "eval on $np"; }
+    awk -v a="$l4" -v b="$l" -v np=$np 'BEGIN { d = (a - b) / a; if (d < 0) d = -d;
+      printf "eval: 4 ranks %.8f, %d ranks %.8f (relative difference %.1e)\n", a, np, b, d; exit !(d <= 1e-5) }' ||
+      fail "eval on $np ranks differs"
+    cp -r "$WORK/cut" "$WORK/on$np"
+    rm -rf "$WORK/on$np/checkpoints/step_00000020" "$WORK/on$np/metrics.jsonl"
+    echo step_00000010 > "$WORK/on$np/checkpoints/latest"
+    moe_train $np "${TINY[@]}" --set train.out_dir="$WORK/on$np" --set train.micro_batch_size=$((8 / np)) \
+      --set parallel.expert_parallel_size=$np --resume latest 2>"$WORK/on$np.log" || { cat "$WORK/on$np.log"; fail "resume on $np"; }
+    paste <(field "$WORK/base/metrics.jsonl" train loss | tail -10) <(field "$WORK/on$np/metrics.jsonl" train loss) |
+      awk -v np=$np '{ d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > w) w = d }
+        END { printf "resume on %d ranks: steps 11-20 within %.1e of the 4-rank run\n", np, w; exit !(NR == 10 && w <= 1e-4) }' ||
+      fail "resume on $np ranks"
+  done
+  # SIGTERM: every rank saves the step it finished and stops; the run then resumes to the end.
+  moe_train 2 "${TINY[@]}" --set train.out_dir="$WORK/term" --set train.steps=100000 --set checkpoint.every=0 \
+    --set parallel.expert_parallel_size=2 --set train.micro_batch_size=4 2>"$WORK/term.log" &
+  for _ in $(seq 100); do grep -q "step 5/" "$WORK/term.log" 2>/dev/null && break; sleep 0.2; done
+  for pid in $(pgrep -f -- "out_dir=$WORK/term"); do  # the ranks only, as a batch scheduler signals them
+    [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = moe ] && kill -TERM "$pid"
+  done
+  rc=0; wait $! || rc=$?
+  [ -f "$WORK/term/checkpoints/latest" ] || { cat "$WORK/term.log"; fail "no checkpoint after SIGTERM (rc $rc)"; }
+  "$MOE" checkpoint verify "$WORK/term/checkpoints/$(cat "$WORK/term/checkpoints/latest")" >/dev/null || fail "verify after SIGTERM"
+  echo "SIGTERM: exit code $rc, saved $(cat "$WORK/term/checkpoints/latest")"
+  ;;
+kill)
+  base
+  # Resume towards step 30, holding the step-30 save open; SIGKILL the job while it holds it.
+  mpirun --oversubscribe -np 4 -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 -x MOE_CHECKPOINT_PAUSE_SECONDS=60 \
+    "$MOE" train "${TINY[@]}" --set train.out_dir="$WORK/base" --set train.micro_batch_size=2 --set train.steps=30 \
+    --set parallel.expert_parallel_size=4 --resume latest 2>"$WORK/kill.log" &
+  job=$!
+  for _ in $(seq 300); do [ -f "$WORK/base/checkpoints/.tmp-step_00000030/manifest.json" ] && break; sleep 0.1; done
+  [ -f "$WORK/base/checkpoints/.tmp-step_00000030/manifest.json" ] || { cat "$WORK/kill.log"; fail "the save never started"; }
+  pkill -KILL -f -- "$WORK/base" || true
+  kill -KILL $job 2>/dev/null || true
+  wait $job 2>/dev/null || true
+  [ "$(cat "$WORK/base/checkpoints/latest")" = step_00000020 ] || fail "latest moved during a killed save"
+  "$MOE" checkpoint verify "$WORK/base/checkpoints/step_00000020" || fail "the previous checkpoint no longer verifies"
+  moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/base" --set train.micro_batch_size=2 --set train.steps=30 \
+    --set parallel.expert_parallel_size=4 --resume latest 2>"$WORK/again.log" || { cat "$WORK/again.log"; fail "resume after kill"; }
+  [ "$(cat "$WORK/base/checkpoints/latest")" = step_00000030 ] || fail "the resumed run did not save step 30"
+  [ ! -e "$WORK/base/checkpoints/.tmp-step_00000030" ] || fail "the killed save's directory was left behind"
+  echo "kill: SIGKILL during the step-30 save left step_00000020 whole; resumed from it to step 30"
+  ;;
+corrupt)
+  base
+  ckpt="$WORK/base/checkpoints/step_00000020"
+  fresh() { rm -rf "$WORK/c"; cp -r "$ckpt" "$WORK/c"; }
+  fresh; truncate -s -100 "$WORK/c/experts-00001.safetensors"
+  expect_refused truncated "experts-00001.safetensors has" "$MOE" checkpoint verify "$WORK/c"
+  fresh; byte=$(od -An -tu1 -j4000 -N1 "$WORK/c/model.safetensors" | tr -d ' ')
+  printf "\\$(printf %o $((byte ^ 1)))" | dd of="$WORK/c/model.safetensors" bs=1 seek=4000 conv=notrunc status=none
+  expect_refused flipped_byte "model.safetensors: CRC-32 mismatch" "$MOE" checkpoint verify "$WORK/c"
+  fresh; rm "$WORK/c/rng.safetensors"
+  expect_refused missing_file "rng.safetensors is missing" "$MOE" checkpoint verify "$WORK/c"
+  fresh; sed -i 's/"path": "config.yaml"/"path": "..\/..\/config.yaml"/' "$WORK/c/manifest.json"
+  expect_refused path_outside "names a path outside the checkpoint: ../../config.yaml" "$MOE" checkpoint verify "$WORK/c"
+  # A consistent file (manifest updated) whose header gives a tensor another shape of the same size.
+  fresh; "$PYTHON" - "$WORK/c" <<'PY'
+import json, struct, sys, zlib
+d = sys.argv[1]
+blob = open(f"{d}/model.safetensors", "rb").read()
+(n,) = struct.unpack("<Q", blob[:8])
+header = json.loads(blob[8:8 + n])
+header["lm_head"]["shape"] = [header["lm_head"]["shape"][1], header["lm_head"]["shape"][0]]
+text = json.dumps(header).encode()
+text += b" " * ((8 - len(text) % 8) % 8)
+blob = struct.pack("<Q", len(text)) + text + blob[8 + n:]
+open(f"{d}/model.safetensors", "wb").write(blob)
+m = json.load(open(f"{d}/manifest.json"))
+for f in m["files"]:
+    if f["path"] == "model.safetensors":
+        f["bytes"], f["crc32"] = len(blob), zlib.crc32(blob)
+json.dump(m, open(f"{d}/manifest.json", "w"))
+PY
+  "$MOE" checkpoint verify "$WORK/c" >/dev/null || fail "a consistent re-shaped file should verify"
+  expect_refused wrong_shape "tensor lm_head is [64, 256]" \
+    mpirun -np 1 "$MOE" eval --checkpoint "$WORK/c" --data "$WORK/val.bin" --seq-len 32 --windows 2
+  fresh; echo '{"format": "moe-checkpoint", "version": 99}' > "$WORK/c/manifest.json"
+  expect_refused bad_version "format version 99" "$MOE" checkpoint verify "$WORK/c"
+  ;;
+export)
+  base
+  ckpt="$WORK/base/checkpoints/step_00000020"
+  "$MOE" export "$ckpt" "$WORK/hf" 2>/dev/null || fail "export"
+  ours=$(eval_loss 1 "$ckpt")
+  theirs=$("$PYTHON" "$SRC/tests/train/hf_forward.py" "$WORK/hf" "$WORK/val.bin" 32 24 | grep -o '"loss":[^,}]*' | cut -d: -f2)
+  awk -v a="$ours" -v b="$theirs" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d;
+    printf "export: moe eval %.8f, numpy forward of the export %.8f (relative difference %.1e)\n", a, b, d; exit !(d <= 1e-5) }' ||
+    fail "the exported model's loss differs"
+  "$MOE" export "$ckpt" "$WORK/hf16" --dtype bfloat16 --max-shard-bytes 100000 2>/dev/null || fail "bf16 export"
+  [ -f "$WORK/hf16/model.safetensors.index.json" ] || fail "no shard index"
+  bf16=$("$PYTHON" "$SRC/tests/train/hf_forward.py" "$WORK/hf16" "$WORK/val.bin" 32 24 | grep -o '"loss":[^,}]*' | cut -d: -f2)
+  shards=$(ls "$WORK"/hf16/model-*-of-*.safetensors | wc -l)
+  awk -v a="$ours" -v b="$bf16" -v n="$shards" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d;
+    printf "export: bfloat16 in %d shards, loss %.6f (relative difference %.1e)\n", n, b, d; exit !(d <= 2e-2) }' ||
+    fail "the bfloat16 export is off"
+  expect_refused exists "already exists" "$MOE" export "$ckpt" "$WORK/hf"
+  moe_train 2 "$SRC/configs/deepseek-v3.yaml" "${DATA[@]}" --set train.out_dir="$WORK/ds" --set train.steps=2 2>/dev/null ||
+    fail "deepseek-v3 run"
+  expect_refused not_mixtral "cannot be exported as Mixtral: it has dense FFN layers" \
+    "$MOE" export "$WORK/ds/checkpoints/step_00000002" "$WORK/ds-hf"
+  ;;
+*) fail "unknown part $part" ;;
+esac

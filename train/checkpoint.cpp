@@ -1,0 +1,244 @@
+#include "train/checkpoint.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <thread>
+
+#include "core/check.h"
+
+namespace fs = std::filesystem;
+
+namespace moe {
+
+void write_text_file(const std::string& path, const std::string& text) {
+  {
+    std::ofstream os(path, std::ios::trunc);
+    os << text;
+    os.close();
+    MOE_CHECK(os.good(), "cannot write ", path);
+  }
+  fsync_path(path);
+}
+
+namespace {
+
+std::string step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+std::string experts_file(int64_t ep_rank) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "experts-%05lld.safetensors", static_cast<long long>(ep_rank));
+  return buf;
+}
+
+nlohmann::json file_entry(const std::string& dir, const std::string& name) {
+  const auto [crc, bytes] = file_crc32(dir + "/" + name);
+  return {{"path", name}, {"bytes", bytes}, {"crc32", crc}};
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream is(path);
+  MOE_INPUT_CHECK(is.good(), "cannot read ", path);
+  return {std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>()};
+}
+
+// Copies each tensor of `from` into the live tensor of the same name, checking shape and dtype.
+void copy_into(const NamedTensors& live, const std::map<std::string, at::Tensor>& from, const std::string& file) {
+  at::NoGradGuard no_grad;
+  for (const auto& [name, t] : live) {
+    const auto it = from.find(name);
+    MOE_INPUT_CHECK(it != from.end(), file, ": tensor ", name, " is missing (was the checkpoint saved from "
+                    "another model? compare its config.yaml)");
+    MOE_INPUT_CHECK(it->second.sizes() == t.sizes() && it->second.scalar_type() == t.scalar_type(), file,
+                    ": tensor ", name, " is ", it->second.sizes(), " ", it->second.scalar_type(), ", the model has ",
+                    t.sizes(), " ", t.scalar_type());
+    at::Tensor dst = t;
+    dst.copy_(it->second);
+  }
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& root, const CheckpointState& state, const std::string& config_yaml,
+                            Communicator& world, const ParallelDims& dims, int64_t keep_last) {
+  const std::string name = step_name(state.step);
+  const std::string tmp = root + "/.tmp-" + name, final_dir = root + "/" + name;
+  const auto start = std::chrono::steady_clock::now();
+  all_ranks_succeed(world, [&] {
+    if (world.rank() != 0) return;
+    fs::create_directories(root);
+    fs::remove_all(tmp);  // what a save killed earlier left
+    fs::create_directories(tmp);
+  });
+  // One rank per EP rank (the first of its expert-data-parallel group) writes that shard.
+  at::Tensor info = at::zeros({2}, at::kLong);
+  all_ranks_succeed(world, [&] {
+    if (dims.edp_rank != 0) return;
+    uint32_t crc = 0;
+    info[0] = write_safetensors(tmp + "/" + experts_file(dims.ep_rank), state.experts, {}, &crc);
+    info[1] = static_cast<int64_t>(crc);
+  });
+  const at::Tensor infos = world.all_gather(info);
+  const at::Tensor rng = world.all_gather(state.rng_state.contiguous());
+  all_ranks_succeed(world, [&] {
+    if (world.rank() != 0) return;
+    nlohmann::json files = nlohmann::json::array();
+    NamedTensors rng_tensors;
+    for (int r = 0; r < world.size(); ++r) rng_tensors.emplace_back("rank." + std::to_string(r), rng[r]);
+    write_safetensors(tmp + "/rng.safetensors", rng_tensors, {});
+    write_safetensors(tmp + "/model.safetensors", state.replicated, {{"format", "moe-checkpoint"}});
+    write_text_file(tmp + "/config.yaml", config_yaml);
+    write_text_file(tmp + "/trainer.json", nlohmann::json({{"step", state.step},
+                                                          {"optimizer_steps", state.optimizer_steps},
+                                                          {"train_seconds", state.train_seconds},
+                                                          {"world_size", world.size()}})
+                                               .dump(2) +
+                                           "\n");
+    for (const char* f : {"model.safetensors", "rng.safetensors", "config.yaml", "trainer.json"}) {
+      files.push_back(file_entry(tmp, f));
+    }
+    for (int64_t j = 0; j < dims.ep_size; ++j) {  // EP rank j is world rank j (EDP rank 0)
+      files.push_back({{"path", experts_file(j)}, {"bytes", infos[j][0].item<int64_t>()},
+                       {"crc32", static_cast<uint32_t>(infos[j][1].item<int64_t>())}});
+    }
+    const nlohmann::json manifest = {{"format", "moe-checkpoint"},
+                                     {"version", kCheckpointVersion},
+                                     {"step", state.step},
+                                     {"world_size", world.size()},
+                                     {"expert_parallel_size", dims.ep_size},
+                                     {"num_experts", dims.num_experts},
+                                     {"files", files}};
+    write_text_file(tmp + "/manifest.json", manifest.dump(2) + "\n");
+    fsync_path(tmp);
+    // Fault injection for the tests: hold the save here, files written but not yet in place.
+    if (const char* pause = std::getenv("MOE_CHECKPOINT_PAUSE_SECONDS")) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(pause)));
+    }
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    fs::rename(tmp, final_dir);
+    fsync_path(root);
+    write_text_file(root + "/latest.tmp", name + "\n");
+    fs::rename(root + "/latest.tmp", root + "/latest");
+    fsync_path(root);
+    if (keep_last > 0) {
+      std::vector<std::string> steps;
+      for (const auto& e : fs::directory_iterator(root)) {
+        const std::string n = e.path().filename().string();
+        if (e.is_directory() && n.rfind("step_", 0) == 0) steps.push_back(n);
+      }
+      std::sort(steps.begin(), steps.end());
+      for (size_t i = 0; i + static_cast<size_t>(keep_last) < steps.size(); ++i) fs::remove_all(root + "/" + steps[i]);
+    }
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  spdlog::info("checkpoint {} saved in {:.2f}s", final_dir, seconds);
+  return final_dir;
+}
+
+std::string resolve_checkpoint(const std::string& root, const std::string& which) {
+  if (which != "latest") return which;
+  const std::string latest = root + "/latest";
+  MOE_INPUT_CHECK(fs::exists(latest), "no checkpoint to resume: ", latest, " does not exist");
+  std::string name = read_text(latest);
+  name.erase(name.find_last_not_of(" \n\r\t") + 1);
+  MOE_INPUT_CHECK(!name.empty() && name.find('/') == std::string::npos, latest, ": does not name a checkpoint "
+                  "directory (", name, ")");
+  return root + "/" + name;
+}
+
+nlohmann::json verify_checkpoint(const std::string& dir) {
+  const std::string manifest_path = dir + "/manifest.json";
+  MOE_INPUT_CHECK(fs::is_directory(dir), "checkpoint ", dir, " is not a directory");
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(read_text(manifest_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(manifest_path + ": not valid JSON (" + e.what() + ")", /*bad_input=*/true);
+  }
+  MOE_INPUT_CHECK(m.is_object() && m.value("format", "") == "moe-checkpoint", manifest_path,
+                  ": not a moe checkpoint manifest");
+  MOE_INPUT_CHECK(m.value("version", -1) == kCheckpointVersion, manifest_path, ": format version ",
+                  m.value("version", -1), ", this moe reads version ", kCheckpointVersion);
+  for (const char* key : {"step", "world_size", "expert_parallel_size", "num_experts"}) {
+    MOE_INPUT_CHECK(m.contains(key) && m[key].is_number_integer(), manifest_path, ": ", key, " is missing");
+  }
+  MOE_INPUT_CHECK(m.contains("files") && m["files"].is_array(), manifest_path, ": files is missing");
+  std::set<std::string> listed;
+  for (const auto& f : m["files"]) {
+    MOE_INPUT_CHECK(f.is_object() && f.contains("path") && f["path"].is_string() && f.contains("bytes") &&
+                        f.contains("crc32"),
+                    manifest_path, ": a file entry needs path, bytes and crc32");
+    const std::string path = f["path"].get<std::string>();
+    MOE_INPUT_CHECK(!path.empty() && path.find('/') == std::string::npos && path.find('\\') == std::string::npos &&
+                        path != "." && path != "..",
+                    manifest_path, ": names a path outside the checkpoint: ", path);
+    const std::string full = dir + "/" + path;
+    MOE_INPUT_CHECK(fs::is_regular_file(full), "checkpoint file ", full, " is missing");
+    const auto [crc, bytes] = file_crc32(full);
+    MOE_INPUT_CHECK(bytes == f["bytes"].get<int64_t>(), "checkpoint file ", full, " has ", bytes,
+                    " bytes, the manifest says ", f["bytes"].get<int64_t>(), " (truncated or altered)");
+    MOE_INPUT_CHECK(crc == f["crc32"].get<uint32_t>(), "checkpoint file ", full,
+                    ": CRC-32 mismatch (altered or corrupted)");
+    if (path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0) read_safetensors(full);
+    listed.insert(path);
+  }
+  std::vector<std::string> required = {"model.safetensors", "rng.safetensors", "config.yaml", "trainer.json"};
+  for (int64_t j = 0; j < m["expert_parallel_size"].get<int64_t>(); ++j) required.push_back(experts_file(j));
+  for (const auto& r : required) {
+    MOE_INPUT_CHECK(listed.count(r) == 1, manifest_path, ": does not list ", r);
+  }
+  return m;
+}
+
+bool load_checkpoint(const std::string& dir, CheckpointState& state, const ParallelDims& dims) {
+  const nlohmann::json m = verify_checkpoint(dir);
+  const int64_t saved_ep = m["expert_parallel_size"].get<int64_t>(), saved_experts = m["num_experts"].get<int64_t>();
+  MOE_INPUT_CHECK(saved_experts == dims.num_experts, dir, ": saved with ", saved_experts,
+                  " experts per layer, the model has ", dims.num_experts);
+  const std::string model_file = dir + "/model.safetensors";
+  const Safetensors model = read_safetensors(model_file);
+  copy_into(state.replicated, model.tensors, model_file);
+  for (const auto& [name, t] : model.tensors) {
+    if (!state.with_optimizer && name.rfind("exp_avg", 0) == 0) continue;
+    MOE_INPUT_CHECK(std::any_of(state.replicated.begin(), state.replicated.end(),
+                                [&](const auto& live) { return live.first == name; }),
+                    model_file, ": holds ", name, ", which this model does not have");
+  }
+  if (dims.num_local_experts > 0 && !state.experts.empty()) {
+    // This rank's experts, regrouped by global id from the shards of the saved layout.
+    std::map<std::string, at::Tensor> experts;
+    const int64_t per_file = saved_experts / saved_ep;
+    const int64_t first_file = dims.first_local_expert / per_file;
+    const int64_t last_file = (dims.first_local_expert + dims.num_local_experts - 1) / per_file;
+    std::string files;
+    for (int64_t j = first_file; j <= last_file; ++j) {
+      Safetensors shard = read_safetensors(dir + "/" + experts_file(j));
+      experts.merge(shard.tensors);
+      files += (files.empty() ? "" : ", ") + experts_file(j);
+    }
+    copy_into(state.experts, experts, dir + "/" + files);
+  }
+  const nlohmann::json trainer = nlohmann::json::parse(read_text(dir + "/trainer.json"));
+  state.step = trainer.at("step").get<int64_t>();
+  state.optimizer_steps = trainer.at("optimizer_steps").get<int64_t>();
+  state.train_seconds = trainer.value("train_seconds", 0.0);
+  if (m["world_size"].get<int64_t>() != dims.world_size) return false;
+  const Safetensors rng = read_safetensors(dir + "/rng.safetensors");
+  const auto it = rng.tensors.find("rank." + std::to_string(dims.rank));
+  MOE_INPUT_CHECK(it != rng.tensors.end(), dir, "/rng.safetensors: no state for rank ", dims.rank);
+  state.rng_state = it->second;
+  return true;
+}
+
+}  // namespace moe

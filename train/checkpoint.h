@@ -1,0 +1,62 @@
+#pragma once
+// Checkpoints: sharded, atomic, verified, loadable on another number of ranks.
+//
+// checkpoints/step_XXXXXXXX/
+//   manifest.json               format, version, step, the parallel layout, every file with bytes and CRC-32
+//   config.yaml                 the resolved config of the run
+//   trainer.json                step, optimizer steps, world size
+//   model.safetensors           every replicated tensor once: dense parameters, their AdamW moments
+//                               ("exp_avg/NAME", "exp_avg_sq/NAME"), the routers' expert bias
+//   experts-EEEEE.safetensors   one per EP rank: its experts, keyed by global expert id
+//                               ("layers.L.moe.experts.G.w1") with their moments
+//   rng.safetensors             every rank's generator state ("rank.R")
+// A save writes into checkpoints/.tmp-step_XXXXXXXX, fsyncs every file and the directory, renames it into
+// place, then replaces checkpoints/latest (a one-line file naming the directory). docs/checkpoint-format.md.
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
+#include "parallel/parallel_dims.h"
+#include "train/safetensors.h"
+
+namespace moe {
+
+constexpr int kCheckpointVersion = 1;
+
+// What one rank contributes to and takes from a checkpoint: live tensors (views into the model and the
+// optimizer), so loading copies straight into them.
+struct CheckpointState {
+  NamedTensors replicated;  // identical on every rank
+  NamedTensors experts;     // this rank's experts, named by global expert id
+  bool with_optimizer = true;  // false: only the model (the AdamW moments in the files are skipped)
+  int64_t step = 0;
+  int64_t optimizer_steps = 0;
+  double train_seconds = 0;  // time spent in training steps so far
+  at::Tensor rng_state;  // this rank's CPU generator state (uint8)
+};
+
+// Collective over `world`. Writes the checkpoint of `state` for `step` under `root` (the run's
+// checkpoints/ directory), keeps the newest `keep_last` (0: all), and returns its directory.
+std::string save_checkpoint(const std::string& root, const CheckpointState& state, const std::string& config_yaml,
+                            Communicator& world, const ParallelDims& dims, int64_t keep_last);
+
+// "latest" under `root`, or a directory: the checkpoint directory it names.
+std::string resolve_checkpoint(const std::string& root, const std::string& which);
+
+// Verifies the manifest and every file it lists (size, CRC-32, safetensors structure); throws a bad-input
+// moe::Error naming the file. Returns the manifest.
+nlohmann::json verify_checkpoint(const std::string& dir);
+
+// Loads `dir` into `state` (whatever world and EP size it was saved with): every tensor must be present
+// with the shape and dtype of the live one. Restores the generator state only when the world size is the
+// one it was saved with (returns whether it did). Every rank calls it; errors are bad input.
+bool load_checkpoint(const std::string& dir, CheckpointState& state, const ParallelDims& dims);
+
+// Writes `text` to `path` and fsyncs it.
+void write_text_file(const std::string& path, const std::string& text);
+
+}  // namespace moe

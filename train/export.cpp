@@ -1,0 +1,147 @@
+#include "train/export.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/check.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace moe {
+namespace {
+
+// Why Mixtral cannot express this model, or "".
+std::string not_mixtral(const Config& c) {
+  const auto& m = c.moe;
+  if (m.num_experts == 0) return "it is a dense model (moe.num_experts 0)";
+  if (m.layer_freq != 1 || m.first_dense_layers != 0)
+    return "it has dense FFN layers between MoE layers (moe.layer_freq " + std::to_string(m.layer_freq) +
+           ", moe.first_dense_layers " + std::to_string(m.first_dense_layers) + "); every Mixtral layer is MoE";
+  if (m.num_shared_experts != 0) return "it has shared experts (moe.num_shared_experts); Mixtral has none";
+  if (m.score_function != "softmax") return "its router scores are " + m.score_function + "; Mixtral's are softmax";
+  if (!m.normalize_topk) return "its top-k weights are not renormalised (moe.normalize_topk false); Mixtral's are";
+  if (m.expert_type != "swiglu") return "its experts are " + m.expert_type + "; Mixtral's are SwiGLU";
+  if (m.bias_update_rate > 0) return "its router selects with an aux-loss-free expert bias; Mixtral's has none";
+  return "";
+}
+
+}  // namespace
+
+int64_t export_huggingface(const std::string& checkpoint_dir, const std::string& out_dir,
+                           const ExportOptions& options) {
+  MOE_INPUT_CHECK(options.dtype == "float32" || options.dtype == "bfloat16", "export: --dtype must be float32 or "
+                  "bfloat16, got ", options.dtype);
+  MOE_INPUT_CHECK(!fs::exists(out_dir), "export: ", out_dir, " already exists; nothing was overwritten");
+  const nlohmann::json manifest = verify_checkpoint(checkpoint_dir);
+  const Config c = load_config(checkpoint_dir + "/config.yaml", {}, 0);
+  const std::string why = not_mixtral(c);
+  MOE_INPUT_CHECK(why.empty(), "export: ", checkpoint_dir, " cannot be exported as Mixtral: ", why);
+  const at::ScalarType dtype = options.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+
+  std::map<std::string, at::Tensor> saved = read_safetensors(checkpoint_dir + "/model.safetensors").tensors;
+  for (int64_t j = 0; j < manifest["expert_parallel_size"].get<int64_t>(); ++j) {
+    char name[48];
+    std::snprintf(name, sizeof name, "/experts-%05lld.safetensors", static_cast<long long>(j));
+    saved.merge(read_safetensors(checkpoint_dir + name).tensors);
+  }
+  const auto take = [&](const std::string& name) {
+    const auto it = saved.find(name);
+    MOE_INPUT_CHECK(it != saved.end(), "export: ", checkpoint_dir, " lacks tensor ", name);
+    return it->second;
+  };
+  NamedTensors out;
+  const auto put = [&](const std::string& name, const at::Tensor& t) {
+    out.emplace_back(name, t.to(dtype).contiguous());
+  };
+  put("model.embed_tokens.weight", take("embed_tokens"));
+  for (int64_t l = 0; l < c.model.num_layers; ++l) {
+    const std::string ours = "layers." + std::to_string(l) + ".", hf = "model.layers." + std::to_string(l) + ".";
+    put(hf + "input_layernorm.weight", take(ours + "input_layernorm.weight"));
+    for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+      put(hf + "self_attn." + proj + ".weight", take(ours + "self_attn." + proj));
+    }
+    put(hf + "post_attention_layernorm.weight", take(ours + "post_attention_layernorm.weight"));
+    put(hf + "block_sparse_moe.gate.weight", take(ours + "moe.router.weight"));
+    for (int64_t e = 0; e < c.moe.num_experts; ++e) {
+      const std::string src = ours + "moe.experts." + std::to_string(e) + ".";
+      const std::string dst = hf + "block_sparse_moe.experts." + std::to_string(e) + ".";
+      // Ours multiply x @ w ([D, F]); nn.Linear stores [out, in] and computes x @ W^T.
+      put(dst + "w1.weight", take(src + "w1").t());
+      put(dst + "w2.weight", take(src + "w2").t());
+      put(dst + "w3.weight", take(src + "w3").t());
+    }
+  }
+  put("model.norm.weight", take("norm.weight"));
+  put("lm_head.weight", take("lm_head"));
+
+  const std::string tmp = out_dir + ".tmp";
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  // Shards in order, each below max_shard_bytes (a single tensor above it gets a shard of its own).
+  std::vector<NamedTensors> shards(1);
+  int64_t shard_bytes = 0, total_bytes = 0;
+  for (auto& item : out) {
+    const int64_t bytes = item.second.numel() * static_cast<int64_t>(item.second.element_size());
+    if (!shards.back().empty() && shard_bytes + bytes > options.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(item);
+    shard_bytes += bytes;
+    total_bytes += bytes;
+  }
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  if (shards.size() == 1) {
+    write_safetensors(tmp + "/model.safetensors", shards[0], metadata);
+  } else {
+    nlohmann::json weight_map = nlohmann::json::object();
+    for (size_t i = 0; i < shards.size(); ++i) {
+      char name[64];
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+      write_safetensors(tmp + "/" + name, shards[i], metadata);
+      for (const auto& item : shards[i]) weight_map[item.first] = name;
+    }
+    write_text_file(tmp + "/model.safetensors.index.json",
+                    nlohmann::json({{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}}).dump(2) +
+                        "\n");
+  }
+  const auto& m = c.model;
+  const nlohmann::json config = {
+      {"architectures", {"MixtralForCausalLM"}},
+      {"model_type", "mixtral"},
+      {"vocab_size", m.vocab_size},
+      {"hidden_size", m.hidden_size},
+      {"intermediate_size", c.moe.ffn_hidden_size},
+      {"num_hidden_layers", m.num_layers},
+      {"num_attention_heads", m.num_attention_heads},
+      {"num_key_value_heads", m.num_kv_heads == 0 ? m.num_attention_heads : m.num_kv_heads},
+      {"head_dim", m.hidden_size / m.num_attention_heads},
+      {"hidden_act", "silu"},
+      {"max_position_embeddings", m.max_seq_len},
+      {"rms_norm_eps", m.norm_eps},
+      {"rope_theta", m.rope_theta},
+      {"num_local_experts", c.moe.num_experts},
+      {"num_experts_per_tok", c.moe.top_k},
+      {"router_aux_loss_coef", c.moe.aux_loss_coeff},
+      {"output_router_logits", false},
+      {"router_jitter_noise", 0.0},
+      {"sliding_window", nullptr},
+      {"attention_dropout", 0.0},
+      {"initializer_range", m.init_std},
+      {"tie_word_embeddings", false},
+      {"use_cache", true},
+      {"torch_dtype", options.dtype}};
+  write_text_file(tmp + "/config.json", config.dump(2) + "\n");
+  fsync_path(tmp);
+  fs::rename(tmp, out_dir);
+  spdlog::info("exported {} ({} tensors, {} shard(s), {:.1f} MB, {}) to {}", checkpoint_dir, out.size(), shards.size(),
+               total_bytes / 1e6, options.dtype, out_dir);
+  return static_cast<int64_t>(out.size());
+}
+
+}  // namespace moe

@@ -1,0 +1,198 @@
+#include "train/safetensors.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "core/check.h"
+
+namespace moe {
+namespace {
+
+const std::map<at::ScalarType, std::string>& dtype_names() {
+  static const std::map<at::ScalarType, std::string> names = {
+      {at::kFloat, "F32"}, {at::kDouble, "F64"}, {at::kBFloat16, "BF16"}, {at::kHalf, "F16"},
+      {at::kLong, "I64"},  {at::kInt, "I32"},    {at::kByte, "U8"},       {at::kBool, "BOOL"}};
+  return names;
+}
+
+std::array<uint32_t, 256> make_crc_table() {
+  std::array<uint32_t, 256> table{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    table[i] = c;
+  }
+  return table;
+}
+
+}  // namespace
+
+uint32_t crc32(const void* data, size_t size, uint32_t crc) {
+  static const std::array<uint32_t, 256> table = make_crc_table();
+  const auto* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+std::pair<uint32_t, int64_t> file_crc32(const std::string& path) {
+  std::ifstream is(path, std::ios::binary);
+  MOE_INPUT_CHECK(is.good(), "cannot read ", path, ": ", std::strerror(errno));
+  std::vector<char> buffer(1 << 20);
+  uint32_t crc = 0;
+  int64_t size = 0;
+  while (is) {
+    is.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const auto n = static_cast<size_t>(is.gcount());
+    crc = crc32(buffer.data(), n, crc);
+    size += static_cast<int64_t>(n);
+  }
+  return {crc, size};
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  MOE_CHECK(fd >= 0, "cannot open ", path, " to fsync: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  MOE_CHECK(rc == 0, "fsync ", path, ": ", std::strerror(errno));
+}
+
+int64_t write_safetensors(const std::string& path, const NamedTensors& tensors,
+                          const std::map<std::string, std::string>& metadata, uint32_t* crc) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::vector<at::Tensor> data;
+  int64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    const auto it = dtype_names().find(t.scalar_type());
+    MOE_CHECK(it != dtype_names().end(), "safetensors: ", name, " has unsupported dtype ", t.scalar_type());
+    MOE_CHECK(!header.contains(name), "safetensors: tensor name ", name, " given twice");
+    at::Tensor c = t.detach().to(at::kCPU).contiguous();
+    const int64_t bytes = c.numel() * static_cast<int64_t>(c.element_size());
+    header[name] = {{"dtype", it->second}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    data.push_back(c);
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // data 8-byte aligned, as Hugging Face writes
+  const uint64_t length = text.size();
+  unsigned char prefix[8];
+  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<unsigned char>(length >> (8 * i));
+
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  MOE_CHECK(fd >= 0, "cannot create ", path, ": ", std::strerror(errno));
+  uint32_t sum = 0;
+  const auto put = [&](const void* p, size_t n) {
+    sum = crc32(p, n, sum);
+    const auto* bytes = static_cast<const char*>(p);
+    while (n > 0) {
+      const ssize_t w = ::write(fd, bytes, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        const std::string why = std::strerror(errno);
+        ::close(fd);
+        throw Error("cannot write " + path + ": " + why);
+      }
+      bytes += w;
+      n -= static_cast<size_t>(w);
+    }
+  };
+  put(prefix, 8);
+  put(text.data(), text.size());
+  for (const at::Tensor& c : data) put(c.data_ptr(), c.numel() * c.element_size());
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  MOE_CHECK(rc == 0, "fsync ", path, ": ", std::strerror(errno));
+  if (crc) *crc = sum;
+  return static_cast<int64_t>(8 + length) + offset;
+}
+
+Safetensors read_safetensors(const std::string& path) {
+  std::ifstream is(path, std::ios::binary | std::ios::ate);
+  MOE_INPUT_CHECK(is.good(), "cannot read ", path, ": ", std::strerror(errno));
+  const auto file_size = static_cast<int64_t>(is.tellg());
+  is.seekg(0);
+  MOE_INPUT_CHECK(file_size >= 8, path, ": truncated (", file_size, " bytes, no safetensors header)");
+  unsigned char prefix[8];
+  is.read(reinterpret_cast<char*>(prefix), 8);
+  uint64_t length = 0;
+  for (int i = 0; i < 8; ++i) length |= static_cast<uint64_t>(prefix[i]) << (8 * i);
+  MOE_INPUT_CHECK(length <= static_cast<uint64_t>(file_size - 8), path, ": header length ", length,
+                  " runs past the end of the file (", file_size, " bytes)");
+  std::string text(length, '\0');
+  is.read(text.data(), static_cast<std::streamsize>(length));
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": the safetensors header is not valid JSON (" + e.what() + ")", /*bad_input=*/true);
+  }
+  MOE_INPUT_CHECK(header.is_object(), path, ": the safetensors header is not a JSON object");
+  const int64_t data_size = file_size - 8 - static_cast<int64_t>(length);
+  std::vector<char> data(static_cast<size_t>(data_size));
+  is.read(data.data(), data_size);
+  MOE_INPUT_CHECK(is.good() || data_size == 0, "cannot read ", path);
+
+  Safetensors out;
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      MOE_INPUT_CHECK(entry.is_object(), path, ": __metadata__ is not an object");
+      for (const auto& [k, v] : entry.items()) {
+        MOE_INPUT_CHECK(v.is_string(), path, ": __metadata__.", k, " is not a string");
+        out.metadata[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = path + ": tensor " + name;
+    MOE_INPUT_CHECK(entry.is_object() && entry.contains("dtype") && entry.contains("shape") &&
+                        entry.contains("data_offsets") && entry["dtype"].is_string() && entry["shape"].is_array() &&
+                        entry["data_offsets"].is_array() && entry["data_offsets"].size() == 2,
+                    where, ": needs dtype, shape and data_offsets [begin, end]");
+    at::ScalarType type = at::kFloat;
+    bool known = false;
+    for (const auto& [t, n] : dtype_names()) {
+      if (n == entry["dtype"].get<std::string>()) {
+        type = t;
+        known = true;
+      }
+    }
+    MOE_INPUT_CHECK(known, where, ": unsupported dtype ", entry["dtype"].dump());
+    std::vector<int64_t> shape;
+    int64_t numel = 1;
+    for (const auto& d : entry["shape"]) {
+      MOE_INPUT_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, where, ": bad shape ", entry["shape"].dump());
+      shape.push_back(d.get<int64_t>());
+      numel *= shape.back();
+    }
+    const auto& offsets = entry["data_offsets"];
+    MOE_INPUT_CHECK(offsets[0].is_number_integer() && offsets[1].is_number_integer(), where,
+                    ": data_offsets must be integers");
+    const auto begin = offsets[0].get<int64_t>(), end = offsets[1].get<int64_t>();
+    MOE_INPUT_CHECK(0 <= begin && begin <= end && end <= data_size, where, ": data_offsets [", begin, ", ", end,
+                    "] lie outside the ", data_size, " data bytes");
+    const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(type));
+    MOE_INPUT_CHECK(end - begin == bytes, where, ": shape ", entry["shape"].dump(), " of ", entry["dtype"].dump(),
+                    " needs ", bytes, " bytes, data_offsets give ", end - begin);
+    ranges.emplace_back(begin, end);
+    at::Tensor t = at::empty(shape, at::TensorOptions().dtype(type));
+    if (bytes > 0) std::memcpy(t.data_ptr(), data.data() + begin, static_cast<size_t>(bytes));
+    out.tensors[name] = t;
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    MOE_INPUT_CHECK(ranges[i].first >= ranges[i - 1].second, path, ": tensors overlap in the data section");
+  }
+  return out;
+}
+
+}  // namespace moe
