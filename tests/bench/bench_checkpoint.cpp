@@ -84,7 +84,8 @@ int main(int argc, char** argv) {
     const std::string ckpt = moe::save_checkpoint(dir, state, moe::to_yaml(config), world, dims, 1);
     const double save = seconds_since(t0);
     bytes = 0;
-    for (const auto& f : moe::verify_checkpoint(ckpt)["files"]) bytes += f["bytes"].get<int64_t>();
+    const nlohmann::json manifest = moe::verify_checkpoint(ckpt);
+    for (const auto& f : manifest["files"]) bytes += f["bytes"].get<int64_t>();
     std::vector<char> buffer(static_cast<size_t>(bytes), 1);
     t0 = Clock::now();
     raw_write(dir + "/raw.bin", buffer);
