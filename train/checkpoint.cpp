@@ -28,6 +28,11 @@ void write_text_file(const std::string& path, const std::string& text) {
   fsync_path(path);
 }
 
+void write_file_atomically(const std::string& path, const std::string& text) {
+  write_text_file(path + ".tmp", text);
+  fs::rename(path + ".tmp", path);
+}
+
 namespace {
 
 std::string step_name(int64_t step) {
@@ -128,8 +133,7 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
     if (fs::exists(final_dir)) fs::remove_all(final_dir);
     fs::rename(tmp, final_dir);
     fsync_path(root);
-    write_text_file(root + "/latest.tmp", name + "\n");
-    fs::rename(root + "/latest.tmp", root + "/latest");
+    write_file_atomically(root + "/latest", name + "\n");
     fsync_path(root);
     if (keep_last > 0) {
       std::vector<std::string> steps;

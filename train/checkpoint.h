@@ -58,5 +58,7 @@ bool load_checkpoint(const std::string& dir, CheckpointState& state, const Paral
 
 // Writes `text` to `path` and fsyncs it.
 void write_text_file(const std::string& path, const std::string& text);
+// The same through `path`.tmp renamed over `path`: a reader sees the old file or the new one, never half.
+void write_file_atomically(const std::string& path, const std::string& text);
 
 }  // namespace moe

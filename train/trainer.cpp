@@ -22,12 +22,6 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Writes `text` to `path` through a temporary file renamed into place.
-void write_file_atomically(const std::string& path, const std::string& text) {
-  write_text_file(path + ".tmp", text);
-  std::filesystem::rename(path + ".tmp", path);
-}
-
 // "layers.3.moe.experts.w1" with global expert 5 -> "layers.3.moe.experts.5.w1".
 std::string expert_name(const std::string& name, int64_t expert) {
   const size_t dot = name.rfind('.');
