@@ -8,10 +8,9 @@
 
 #include <vector>
 
-namespace moe {
+#include "core/model_options.h"
 
-// SwiGLU: w2(silu(x w1) * (x w3)), as Mixtral. GELU: w2(gelu(x w1)), as Switch and GShard.
-enum class ExpertType { kSwiGLU, kGELU };
+namespace moe {
 
 struct ExpertsOptions {
   int64_t num_experts = 8;  // experts held by this module (the local ones under expert parallelism)

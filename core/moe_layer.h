@@ -6,20 +6,11 @@
 #include <torch/nn/module.h>
 
 #include "core/experts.h"
+#include "core/model_options.h"
 #include "core/router.h"
 #include "parallel/token_dispatcher.h"
 
 namespace moe {
-
-struct MoELayerOptions {
-  RouterOptions router;  // hidden_size, num_experts, top_k, scores, capacity, losses, bias
-  int64_t ffn_hidden_size = 0;
-  ExpertType expert_type = ExpertType::kSwiGLU;
-  // Shared experts run as one dense MLP of width num_shared_experts * ffn_hidden_size (DeepSeekMoE).
-  int64_t num_shared_experts = 0;
-  // Debug: cross-check split sizes between EP ranks before each exchange (TokenDispatcher).
-  bool check_splits = false;
-};
 
 struct MoEOutput {
   at::Tensor y;  // same shape and dtype as the input

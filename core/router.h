@@ -5,42 +5,11 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
-#include <optional>
+#include "core/model_options.h"
 
 namespace moe {
 
 class Communicator;
-
-enum class ScoreFunction { kSoftmax, kSigmoid };
-// Which assignments an expert over capacity keeps: `probability` keeps the highest gate weights
-// (Megatron's default), `position` keeps the earliest tokens of the batch (GShard, Switch).
-enum class DropPolicy { kProbability, kPosition };
-// Over which tokens the balance loss counts assignments: this rank's micro-batch, or every rank's
-// (counts all-reduced over the aux group; each rank's P_i stays local, so the mean of the ranks' losses
-// is the loss of the global batch and each rank's gradient is its share of that loss's gradient).
-enum class AuxLossScope { kMicroBatch, kGlobal };
-
-struct RouterOptions {
-  int64_t hidden_size = 0;
-  int64_t num_experts = 8;
-  int64_t top_k = 2;
-  ScoreFunction score_function = ScoreFunction::kSoftmax;
-  // Rescale the k chosen weights to sum to 1 (Mixtral, DeepSeek-V3). Off: the raw scores (Switch).
-  bool normalize_topk = true;
-  // capacity = ceil(factor * tokens * top_k / num_experts); nullopt means dropless.
-  std::optional<double> capacity_factor;
-  std::optional<double> eval_capacity_factor;
-  DropPolicy drop_policy = DropPolicy::kProbability;
-  // Multiplicative input noise U(1-eps, 1+eps) in training only (Switch Transformer); 0 switches it off.
-  double jitter_eps = 0.0;
-  double aux_loss_coeff = 0.0;
-  AuxLossScope aux_loss_scope = AuxLossScope::kMicroBatch;
-  double z_loss_coeff = 0.0;
-  // Aux-loss-free balancing (DeepSeek-V3): a per-expert bias added to the scores for selection only,
-  // moved by rate * sign(mean load - load) after each optimizer step. 0 switches it off.
-  double bias_update_rate = 0.0;
-  double init_std = 0.02;
-};
 
 // What route() decided for T tokens. Dropped assignments keep their expert id, carry weight 0 and are
 // marked false in keep_TK; the token then keeps only its residual.

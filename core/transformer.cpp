@@ -68,10 +68,6 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   return at::linear(out, o_proj);
 }
 
-bool TransformerOptions::is_moe_layer(int64_t layer) const {
-  return is_moe() && layer >= first_dense_layers && (layer + 1) % moe_layer_freq == 0;
-}
-
 TransformerBlockImpl::TransformerBlockImpl(const TransformerOptions& o, int64_t layer, Communicator* ep_group,
                                            Communicator* aux_group) {
   const int64_t D = o.attention.hidden_size;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/experts.h"
+#include "core/model_options.h"
 #include "core/moe_layer.h"
 
 namespace moe {
@@ -29,14 +30,6 @@ TORCH_MODULE(RMSNorm);
 // position * theta^(-2i/hd) (rotate-half), as Llama and Mixtral do.
 at::Tensor apply_rope(const at::Tensor& x_BSHd, double theta);
 
-struct AttentionOptions {
-  int64_t hidden_size = 0;
-  int64_t num_heads = 0;
-  int64_t num_kv_heads = 0;  // grouped-query attention: each KV head serves num_heads / num_kv_heads
-  double rope_theta = 10000.0;
-  double init_std = 0.02;
-};
-
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const AttentionOptions& options);
@@ -51,25 +44,6 @@ class AttentionImpl : public torch::nn::Module {
   AttentionOptions options_;
 };
 TORCH_MODULE(Attention);
-
-// The whole decoder-only model. A dense model is one with moe.router.num_experts == 0.
-struct TransformerOptions {
-  int64_t vocab_size = 256;
-  int64_t num_layers = 2;
-  AttentionOptions attention;  // hidden_size, heads, KV heads, rope_theta
-  double norm_eps = 1e-5;
-  int64_t ffn_hidden_size = 0;  // width of the dense SwiGLU FFNs (dense layers and dense models)
-  MoELayerOptions moe;          // the MoE FFNs; moe.router.hidden_size must equal attention.hidden_size
-  // Layer i (from 0) is an MoE layer when i >= first_dense_layers and (i + 1) % moe_layer_freq == 0:
-  // 1 everywhere (Mixtral), 2 every other layer starting with the second (GLaM, Llama 4); the first
-  // first_dense_layers layers stay dense (DeepSeek-V3).
-  int64_t moe_layer_freq = 1;
-  int64_t first_dense_layers = 0;
-  double init_std = 0.02;
-
-  bool is_moe() const { return moe.router.num_experts > 0; }
-  bool is_moe_layer(int64_t layer) const;
-};
 
 // Pre-norm block, Mixtral layout: x + attn(norm(x)), then h + ffn(norm(h)), the FFN being an MoE layer
 // or a dense SwiGLU MLP (held as Experts with one expert, so both share one grouped-GEMM path).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Configures and builds into build/ (the executable lands at build/moe). Extra arguments go to cmake,
+# Configures and builds into build/ (build/moe, and build/moe-engine that it runs). Extra arguments go to cmake,
 # e.g. -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)').
 set -euo pipefail
 cd "$(dirname "$0")/.."

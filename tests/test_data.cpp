@@ -1,4 +1,5 @@
 #include "train/data.h"
+#include "train/tokenizer.h"
 
 #include <gtest/gtest.h>
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "core/transformer.h"
+#include "core/model_options.h"
 
 namespace moe {
 

@@ -11,15 +11,10 @@
 #include <fstream>
 
 #include "core/check.h"
+#include "train/tokenizer.h"
 
 namespace moe {
 namespace {
-
-int element_size_of(const std::string& dtype) {
-  if (dtype == "uint16") return 2;
-  if (dtype == "uint32") return 4;
-  throw Error("unknown token dtype '" + dtype + "' (uint16 | uint32)", /*bad_input=*/true);
-}
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -31,7 +26,7 @@ uint64_t splitmix64(uint64_t x) {
 }  // namespace
 
 TokenFile::TokenFile(const std::string& path, const std::string& dtype, int64_t vocab_size, int64_t min_tokens)
-    : path_(path), element_size_(element_size_of(dtype)) {
+    : path_(path), element_size_(token_element_size(dtype)) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   MOE_INPUT_CHECK(fd >= 0, "cannot open token file ", path, ": ", std::strerror(errno));
   struct stat st {};
@@ -116,37 +111,6 @@ std::vector<int64_t> eval_offsets(int64_t num_tokens, int64_t seq_len, int64_t c
     for (int64_t i = 0; i < count; ++i) out.push_back(count == 1 ? 0 : i * last / (count - 1));
   }
   return out;
-}
-
-int64_t tokenize_files(const std::vector<std::string>& files, const std::string& out, const std::string& dtype) {
-  const int element_size = element_size_of(dtype);
-  const std::string tmp = out + ".tmp";
-  std::ofstream os(tmp, std::ios::binary | std::ios::trunc);
-  MOE_INPUT_CHECK(os.good(), "cannot write ", tmp, ": ", std::strerror(errno));
-  int64_t count = 0;
-  std::vector<char> buffer(1 << 20), encoded;
-  for (const std::string& file : files) {
-    std::ifstream is(file, std::ios::binary);
-    if (!is.good()) {
-      os.close();
-      std::remove(tmp.c_str());
-      MOE_INPUT_CHECK(false, "cannot read ", file, ": ", std::strerror(errno));
-    }
-    while (is) {
-      is.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-      const std::streamsize n = is.gcount();
-      encoded.assign(static_cast<size_t>(n) * element_size, 0);
-      for (std::streamsize i = 0; i < n; ++i) encoded[i * element_size] = buffer[i];  // little-endian, < 256
-      os.write(encoded.data(), static_cast<std::streamsize>(encoded.size()));
-      count += n;
-    }
-  }
-  os.close();
-  if (!os.good() || std::rename(tmp.c_str(), out.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    MOE_INPUT_CHECK(false, "cannot write ", out, ": ", std::strerror(errno));
-  }
-  return count;
 }
 
 }  // namespace moe

@@ -50,8 +50,4 @@ std::vector<int64_t> rank_slice(const std::vector<int64_t>& global_offsets, int 
 // last included; count 0: every non-overlapping window (targets cover the file once).
 std::vector<int64_t> eval_offsets(int64_t num_tokens, int64_t seq_len, int64_t count);
 
-// Byte-level tokenizer (vocab 256): the bytes of every file in order, written as uint16 or uint32 to
-// `out` (through a temporary file renamed into place). Returns the number of tokens.
-int64_t tokenize_files(const std::vector<std::string>& files, const std::string& out, const std::string& dtype);
-
 }  // namespace moe

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/transformer.h"
 #include "parallel/communicator.h"
 #include "parallel/grad_sync.h"
 #include "parallel/parallel_dims.h"

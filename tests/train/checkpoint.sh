@@ -65,8 +65,8 @@ resume)
   moe_train 2 "${TINY[@]}" --set train.out_dir="$WORK/term" --set train.steps=100000 --set checkpoint.every=0 \
     --set parallel.expert_parallel_size=2 --set train.micro_batch_size=4 2>"$WORK/term.log" &
   for _ in $(seq 100); do grep -q "step 5/" "$WORK/term.log" 2>/dev/null && break; sleep 0.2; done
-  for pid in $(pgrep -f -- "out_dir=$WORK/term"); do  # the ranks only, as a batch scheduler signals them
-    [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = moe ] && kill -TERM "$pid"
+  for pid in $(pgrep -f -- "out_dir=$WORK/term"); do  # the ranks only (moe execs moe-engine), as a batch scheduler signals them
+    [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = moe-engine ] && kill -TERM "$pid"
   done
   rc=0; wait $! || rc=$?
   [ -f "$WORK/term/checkpoints/latest" ] || { cat "$WORK/term.log"; fail "no checkpoint after SIGTERM (rc $rc)"; }

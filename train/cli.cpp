@@ -1,0 +1,98 @@
+#include "train/cli.h"
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "core/check.h"
+
+#ifndef MOE_VERSION
+#define MOE_VERSION "unknown"
+#endif
+
+namespace moe {
+
+int parse_command_line(int argc, char** argv, CommandLine& c) {
+  CLI::App app{"moe: train Mixture-of-Experts transformer language models with expert parallelism.\n"
+               "Run one process per rank: mpirun -np N moe train CONFIG.yaml"};
+  app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);
+  app.require_subcommand(0, 1);
+
+  CLI::App* train = app.add_subcommand("train", "Train the model a config describes (run under mpirun)");
+  train->add_option("config", c.config_path, "The experiment, a YAML file (see docs/config.md)")->required();
+  train->add_option("--set", c.sets, "Override a config key: --set train.lr=3e-4 (repeatable)");
+  train->add_option("--resume", c.resume, "Continue from a checkpoint: 'latest' (of train.out_dir) or a directory");
+
+  CLI::App* eval = app.add_subcommand("eval", "Loss of a checkpoint on a token file; prints {\"loss\", \"tokens\"}");
+  eval->add_option("--checkpoint", c.checkpoint_dir, "Checkpoint directory")->required();
+  eval->add_option("--data", c.data_path, "Token file (.bin, the dtype of the checkpoint's config)")->required();
+  eval->add_option("--seq-len", c.seq_len, "Predictions per window, L")->required();
+  eval->add_option("--windows", c.windows, "Windows N: window i is tokens [i*L, i*L+L]")->required();
+
+  CLI::App* exp = app.add_subcommand("export", "Write a checkpoint as a Hugging Face Mixtral checkpoint");
+  exp->add_option("checkpoint", c.checkpoint_dir, "Checkpoint directory")->required();
+  exp->add_option("out", c.out_path, "Output directory (must not exist)")->required();
+  exp->add_option("--dtype", c.export_dtype, "Weights dtype")->check(CLI::IsMember({"float32", "bfloat16"}));
+  exp->add_option("--max-shard-bytes", c.max_shard_bytes, "Split model.safetensors above this size")
+      ->check(CLI::PositiveNumber);
+
+  CLI::App* checkpoint = app.add_subcommand("checkpoint", "Checkpoint tools");
+  CLI::App* verify = checkpoint->add_subcommand("verify", "Check every file of a checkpoint against its manifest");
+  verify->add_option("dir", c.checkpoint_dir, "Checkpoint directory")->required();
+  checkpoint->require_subcommand(1);
+
+  CLI::App* tokenize = app.add_subcommand("tokenize", "Turn text files into a byte-level token file (vocab 256)");
+  tokenize->add_option("files", c.files, "Input text files, concatenated in order")->required();
+  tokenize->add_option("--out", c.out_path, "The token file to write (.bin)")->required();
+  tokenize->add_option("--dtype", c.dtype, "Element type of the token file")->check(CLI::IsMember({"uint16", "uint32"}));
+
+  CLI::App* plan = app.add_subcommand("plan", "Parameters, per-rank memory and all-to-all traffic of a config");
+  plan->add_option("config", c.config_path, "The experiment, a YAML file")->required();
+  plan->add_option("--world", c.world_size, "Number of ranks")->required()->check(CLI::PositiveNumber);
+  plan->add_option("--set", c.sets, "Override a config key (repeatable)");
+  plan->add_flag("--json", c.json, "Print one JSON object instead of the table");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  const std::pair<CLI::App*, Command> commands[] = {
+      {train, Command::kTrain},       {eval, Command::kEval},         {exp, Command::kExport},
+      {verify, Command::kCheckpointVerify}, {tokenize, Command::kTokenize}, {plan, Command::kPlan}};
+  for (const auto& [sub, command] : commands) {
+    if (sub->parsed()) {
+      c.command = command;
+      return -1;
+    }
+  }
+  std::cout << app.help();
+  return 0;
+}
+
+bool runs_in_engine(Command command) {
+  return command == Command::kTrain || command == Command::kEval || command == Command::kExport ||
+         command == Command::kCheckpointVerify;
+}
+
+void setup_logging(int rank) {
+  auto logger = spdlog::stderr_color_mt("moe");
+  if (rank == 0) {
+    logger->set_pattern("%^[%H:%M:%S %l]%$ %v");
+    logger->set_level(spdlog::level::info);
+  } else {
+    logger->set_pattern("%^[%H:%M:%S %l rank " + std::to_string(rank) + "]%$ %v");
+    logger->set_level(spdlog::level::warn);
+  }
+  spdlog::set_default_logger(logger);
+}
+
+int exit_code_of(const std::exception& e) {
+  const auto* error = dynamic_cast<const Error*>(&e);
+  return error && error->bad_input() ? 2 : 1;
+}
+
+}  // namespace moe

@@ -1,0 +1,100 @@
+// `moe-engine`: the commands of moe that need libtorch (train, eval, export, checkpoint verify); `moe`
+// execs it with the same arguments (train/cli.h). Library code throws moe::Error; this is the one place
+// that catches, logs (with the rank) and turns it into an exit code (2: bad input, 1: anything else). A
+// failure that not every rank saw aborts the whole job, so no peer waits forever in a collective.
+#include <spdlog/spdlog.h>
+
+#include <exception>
+#include <functional>
+#include <iostream>
+
+#include <c10/util/Exception.h>
+
+#include "core/check.h"
+#include "core/host_memory.h"
+#include "parallel/mpi_communicator.h"
+#include "train/checkpoint.h"
+#include "train/cli.h"
+#include "train/config.h"
+#include "train/export.h"
+#include "train/trainer.h"
+
+namespace {
+
+// libtorch's errors carry a backtrace of frame addresses: the first line is the message.
+std::string message_of(const std::exception& e) {
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return c10->what_without_backtrace();
+  return e.what();
+}
+
+// Runs `body` on every rank of an MPI job (it may be one process without mpirun), with the error
+// handling of the header comment.
+int run_mpi(int* argc, char*** argv, const std::function<int(moe::Communicator&)>& body) {
+  moe::MpiSession mpi(argc, argv);
+  moe::MpiCommunicator world(MPI_COMM_WORLD);
+  moe::setup_logging(world.rank());
+  try {
+    return body(world);
+  } catch (const moe::CollectiveError& e) {
+    if (e.reported()) spdlog::error("{}", e.what());
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    const int code = moe::exit_code_of(e);
+    spdlog::error("{}", message_of(e));
+    spdlog::default_logger()->flush();
+    if (world.size() > 1) MPI_Abort(MPI_COMM_WORLD, code);
+    return code;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moe::retain_freed_host_memory();
+  moe::CommandLine cl;
+  if (const int rc = moe::parse_command_line(argc, argv, cl); rc >= 0) return rc;
+  switch (cl.command) {
+    case moe::Command::kTrain:
+      return run_mpi(&argc, &argv, [&](moe::Communicator& world) {
+        moe::Config config;
+        moe::all_ranks_succeed(world, [&] { config = moe::load_config(cl.config_path, cl.sets, world.size()); });
+        moe::Trainer trainer(config, world, cl.resume);
+        const double loss = trainer.train();
+        if (trainer.stopped_by() != 0) return 128 + trainer.stopped_by();
+        spdlog::info("done: validation loss {:.4f} (nats per token) after {} steps; run directory {}", loss,
+                     config.train.steps, config.train.out_dir);
+        return 0;
+      });
+    case moe::Command::kEval:
+      return run_mpi(&argc, &argv, [&](moe::Communicator& world) {
+        const moe::EvalResult r = moe::evaluate_checkpoint(cl.checkpoint_dir, cl.data_path, cl.seq_len, cl.windows, world);
+        if (world.rank() == 0) {
+          std::cout << nlohmann::json({{"loss", r.loss}, {"tokens", r.tokens}}).dump() << std::endl;
+        }
+        return 0;
+      });
+    default:
+      break;
+  }
+  moe::setup_logging(0);
+  try {
+    if (cl.command == moe::Command::kExport) {
+      moe::ExportOptions options;
+      options.dtype = cl.export_dtype;
+      options.max_shard_bytes = cl.max_shard_bytes;
+      moe::export_huggingface(cl.checkpoint_dir, cl.out_path, options);
+    } else if (cl.command == moe::Command::kCheckpointVerify) {
+      const nlohmann::json manifest = moe::verify_checkpoint(cl.checkpoint_dir);
+      std::cout << cl.checkpoint_dir << ": ok (step " << manifest["step"] << ", " << manifest["files"].size()
+                << " files, saved on " << manifest["world_size"] << " ranks with expert parallel "
+                << manifest["expert_parallel_size"] << ")" << std::endl;
+    } else {
+      std::cerr << "moe-engine runs train, eval, export and checkpoint; run moe for the other commands" << std::endl;
+      return 2;
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("{}", message_of(e));
+    return moe::exit_code_of(e);
+  }
+  return 0;
+}

@@ -1,0 +1,49 @@
+#include "train/tokenizer.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include "core/check.h"
+
+namespace moe {
+
+int token_element_size(const std::string& dtype) {
+  if (dtype == "uint16") return 2;
+  if (dtype == "uint32") return 4;
+  throw Error("unknown token dtype '" + dtype + "' (uint16 | uint32)", /*bad_input=*/true);
+}
+
+int64_t tokenize_files(const std::vector<std::string>& files, const std::string& out, const std::string& dtype) {
+  const int element_size = token_element_size(dtype);
+  const std::string tmp = out + ".tmp";
+  std::ofstream os(tmp, std::ios::binary | std::ios::trunc);
+  MOE_INPUT_CHECK(os.good(), "cannot write ", tmp, ": ", std::strerror(errno));
+  int64_t count = 0;
+  std::vector<char> buffer(1 << 20), encoded;
+  for (const std::string& file : files) {
+    std::ifstream is(file, std::ios::binary);
+    if (!is.good()) {
+      os.close();
+      std::remove(tmp.c_str());
+      MOE_INPUT_CHECK(false, "cannot read ", file, ": ", std::strerror(errno));
+    }
+    while (is) {
+      is.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+      const std::streamsize n = is.gcount();
+      encoded.assign(static_cast<size_t>(n) * element_size, 0);
+      for (std::streamsize i = 0; i < n; ++i) encoded[i * element_size] = buffer[i];  // little-endian, < 256
+      os.write(encoded.data(), static_cast<std::streamsize>(encoded.size()));
+      count += n;
+    }
+  }
+  os.close();
+  if (!os.good() || std::rename(tmp.c_str(), out.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    MOE_INPUT_CHECK(false, "cannot write ", out, ": ", std::strerror(errno));
+  }
+  return count;
+}
+
+}  // namespace moe
