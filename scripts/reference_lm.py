@@ -1,0 +1,207 @@
+#!/usr/bin/python3
+"""A plain PyTorch reference for the MoE-vs-dense comparison (docs/results.md).
+
+Written from the model description alone, sharing no code with moe: a Mixtral-layout decoder (RMSNorm,
+rotary attention, SwiGLU FFN, or 8 SwiGLU experts behind a softmax top-2 router with the Switch aux loss)
+trained by torch.optim.AdamW. It reads the same data/brown/*.bin, draws the same training windows
+(splitmix64, as train/data.cpp) and evaluates the same validation windows as `moe train`, so its losses
+can be set beside ours step for step.
+
+  /usr/bin/python3 scripts/reference_lm.py --model moe|dense --out runs/reference-moe [--steps 1500]
+"""
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MASK = (1 << 64) - 1
+
+
+def splitmix64(x):
+    x = (x + 0x9E3779B97F4A7C15) & MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK
+    return x ^ (x >> 31)
+
+
+def train_offsets(seed, step, batch, seq_len, num_tokens):
+    key = splitmix64(seed ^ splitmix64(step))
+    return [splitmix64((key + g) & MASK) % (num_tokens - seq_len) for g in range(batch)]
+
+
+def windows(tokens, offsets, seq_len):
+    x = np.stack([tokens[o:o + seq_len + 1] for o in offsets]).astype(np.int64)
+    x = torch.from_numpy(x)
+    return x[:, :-1], x[:, 1:]
+
+
+class RMSNorm(torch.nn.Module):
+    def __init__(self, d, eps=1e-5):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rotate_half(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, d, heads, theta, seq_len):
+        super().__init__()
+        self.heads = heads
+        self.q = torch.nn.Linear(d, d, bias=False)
+        self.k = torch.nn.Linear(d, d, bias=False)
+        self.v = torch.nn.Linear(d, d, bias=False)
+        self.o = torch.nn.Linear(d, d, bias=False)
+        hd = d // heads
+        inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        ang = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv)
+        ang = torch.cat((ang, ang), dim=-1)
+        self.register_buffer("cos", ang.cos().float(), persistent=False)
+        self.register_buffer("sin", ang.sin().float(), persistent=False)
+        self.register_buffer("future", torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1), persistent=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (p(x).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        cos, sin = self.cos[:t], self.sin[:t]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        y = scores.masked_fill(self.future[:t, :t], float("-inf")).softmax(-1) @ v
+        return self.o(y.transpose(1, 2).reshape(b, t, d))
+
+
+class SwiGLU(torch.nn.Module):
+    def __init__(self, d, f):
+        super().__init__()
+        self.w1 = torch.nn.Linear(d, f, bias=False)
+        self.w3 = torch.nn.Linear(d, f, bias=False)
+        self.w2 = torch.nn.Linear(f, d, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class MoE(torch.nn.Module):
+    def __init__(self, d, f, experts, top_k):
+        super().__init__()
+        self.gate = torch.nn.Linear(d, experts, bias=False)
+        self.experts = torch.nn.ModuleList(SwiGLU(d, f) for _ in range(experts))
+        self.top_k = top_k
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        probs = self.gate(x).softmax(-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, slot = (chosen == e).nonzero(as_tuple=True)
+            if token.numel():
+                out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
+        n = probs.shape[-1]
+        fraction = torch.zeros(n).index_add_(0, chosen.reshape(-1), torch.ones(chosen.numel())) / chosen.numel()
+        aux = n * (fraction * probs.mean(0)).sum()
+        return out.view(shape), aux
+
+
+class Block(torch.nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        self.norm1 = RMSNorm(a.hidden)
+        self.attn = Attention(a.hidden, a.heads, 10000.0, a.seq_len)
+        self.norm2 = RMSNorm(a.hidden)
+        self.ffn = MoE(a.hidden, 512, 8, 2) if a.model == "moe" else SwiGLU(a.hidden, 1024)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        y = self.ffn(self.norm2(x))
+        if isinstance(y, tuple):
+            return x + y[0], y[1]
+        return x + y, torch.zeros(())
+
+
+class LM(torch.nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        self.embed = torch.nn.Embedding(256, a.hidden)
+        self.blocks = torch.nn.ModuleList(Block(a) for _ in range(a.layers))
+        self.norm = RMSNorm(a.hidden)
+        self.head = torch.nn.Linear(a.hidden, 256, bias=False)
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * a.layers) if name.endswith(("o.weight", "w2.weight")) else 0.02
+                torch.nn.init.normal_(p, std=std)
+
+    def forward(self, x, y):
+        h = self.embed(x)
+        aux = 0.0
+        for block in self.blocks:
+            h, a = block(h)
+            aux = aux + a
+        logits = self.head(self.norm(h))
+        return F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1)), aux
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", choices=["moe", "dense"], required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--data", default="data/brown")
+    a = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    a.hidden, a.layers, a.heads, a.seq_len, a.batch = 256, 4, 4, 256, 16
+    lr, min_lr, warmup, seed = 1e-3, 1e-4, 50, 1234
+    torch.manual_seed(seed)
+    train = np.memmap(os.path.join(a.data, "train.bin"), dtype="<u2", mode="r")
+    val = np.memmap(os.path.join(a.data, "val.bin"), dtype="<u2", mode="r")
+    last = len(val) - a.seq_len - 1
+    vx, vy = windows(val, [i * last // 255 for i in range(256)], a.seq_len)
+
+    model = LM(a)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    os.makedirs(a.out, exist_ok=True)
+    log = open(os.path.join(a.out, "metrics.jsonl"), "w")
+    start = time.time()
+    for step in range(1, a.steps + 1):
+        if step <= warmup:
+            rate = lr * step / warmup
+        else:
+            rate = min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (step - warmup) / (a.steps - warmup)))
+        for g in opt.param_groups:
+            g["lr"] = rate
+        x, y = windows(train, train_offsets(seed, step, a.batch, a.seq_len, len(train)), a.seq_len)
+        loss, aux = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        (loss + 0.01 * aux).backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        rec = {"kind": "train", "step": step, "loss": loss.item(), "grad_norm": norm.item(),
+               "elapsed_s": time.time() - start}
+        log.write(json.dumps(rec) + "\n")
+        if step % 100 == 0:
+            with torch.no_grad():
+                ev = sum(model(vx[i:i + 16], vy[i:i + 16])[0].item() for i in range(0, 256, 16)) / 16
+            log.write(json.dumps({"kind": "eval", "step": step, "loss": ev}) + "\n")
+            print(f"{a.model} step {step} train {loss.item():.4f} eval {ev:.4f} {time.time() - start:.0f}s", flush=True)
+        log.flush()
+
+
+if __name__ == "__main__":
+    main()
