@@ -8,12 +8,18 @@ trained by torch.optim.AdamW. It reads the same data/brown/*.bin, draws the same
 can be set beside ours step for step.
 
   /usr/bin/python3 scripts/reference_lm.py --model moe|dense --out runs/reference-moe [--steps 1500]
+
+--init-from DIR starts from the weights of a Hugging Face export of a moe checkpoint (`moe export`) instead
+of its own random ones: with the same initial weights and batches, the two loss curves must agree until
+floating-point rounding sets them apart, which checks the two implementations step for step.
 """
 import argparse
 import json
 import math
 import os
 import time
+
+import sys
 
 import numpy as np
 import torch
@@ -155,23 +161,50 @@ class LM(torch.nn.Module):
         return F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1)), aux
 
 
+def load_export(model, export_dir):
+    """Copies a Mixtral-named export (moe export) into the model; every weight must be used."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "train"))
+    from hf_forward import load
+    _, weights = load(export_dir)
+    names = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
+             "lm_head.weight": "head.weight"}
+    parts = {"input_layernorm": "norm1", "post_attention_layernorm": "norm2", "self_attn.q_proj": "attn.q",
+             "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v", "self_attn.o_proj": "attn.o",
+             "block_sparse_moe.gate": "ffn.gate", "block_sparse_moe.experts": "ffn.experts"}
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, array in weights.items():
+            target = names.get(name)
+            if target is None:
+                target = name.replace("model.layers.", "blocks.")
+                for a, b in parts.items():
+                    target = target.replace("." + a + ".", "." + b + ".")
+            params.pop(target).copy_(torch.from_numpy(array))
+    if params:
+        raise SystemExit(f"{export_dir}: no weights for {sorted(params)}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=["moe", "dense"], required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--data", default="data/brown")
+    p.add_argument("--init-from", help="a Hugging Face export of a moe checkpoint to start from")
+    p.add_argument("--init-seed", type=int, default=1234, help="seed of the random initial weights")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     a.hidden, a.layers, a.heads, a.seq_len, a.batch = 256, 4, 4, 256, 16
     lr, min_lr, warmup, seed = 1e-3, 1e-4, 50, 1234
-    torch.manual_seed(seed)
+    torch.manual_seed(a.init_seed)
     train = np.memmap(os.path.join(a.data, "train.bin"), dtype="<u2", mode="r")
     val = np.memmap(os.path.join(a.data, "val.bin"), dtype="<u2", mode="r")
     last = len(val) - a.seq_len - 1
     vx, vy = windows(val, [i * last // 255 for i in range(256)], a.seq_len)
 
     model = LM(a)
+    if a.init_from:
+        load_export(model, a.init_from)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
