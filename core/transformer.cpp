@@ -162,7 +162,7 @@ void TransformerImpl::init_weights(uint64_t seed) {
     }
     const double std = (ends_with(name, "o_proj") || ends_with(name, ".w2")) ? residual_std : options_.init_std;
     if (is_expert_parameter(name)) {
-      const int64_t first = layers[std::stoll(name.substr(name.find('.') + 1))]->moe->first_local_expert();
+      const int64_t first = first_local_expert(name);
       for (int64_t e = 0; e < p.size(0); ++e) {
         at::Generator gen = at::detail::createCPUGenerator(stable_hash(seed, name, first + e));
         p[e].copy_(at::normal(0.0, std, p[e].sizes(), gen));
@@ -172,6 +172,10 @@ void TransformerImpl::init_weights(uint64_t seed) {
       p.copy_(at::normal(0.0, std, p.sizes(), gen));
     }
   }
+}
+
+int64_t TransformerImpl::first_local_expert(const std::string& name) const {
+  return layers.at(std::stoull(name.substr(name.find('.') + 1)))->moe->first_local_expert();
 }
 
 std::vector<at::Tensor> TransformerImpl::expert_parameters() const {

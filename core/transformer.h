@@ -86,6 +86,9 @@ class TransformerImpl : public torch::nn::Module {
   std::vector<at::Tensor> expert_parameters() const;
   std::vector<at::Tensor> dense_parameters() const;
   std::vector<MoELayer> moe_layers() const;
+  // The global index of the first expert that the expert parameter `name` ("layers.3.moe.experts.w1",
+  // a name is_expert_parameter accepts) holds on this rank: its slice e is global expert first + e.
+  int64_t first_local_expert(const std::string& name) const;
 
   const TransformerOptions& options() const { return options_; }
   at::Tensor embed_tokens;  // [vocab, D]

@@ -164,20 +164,20 @@ double Trainer::train() {
 CheckpointState model_checkpoint_state(Transformer& model, const std::vector<std::string>& names,
                                        const std::vector<at::Tensor>& params, AdamW* optimizer) {
   CheckpointState state;
-  const auto add = [&](const std::string& name, const at::Tensor& t) {
+  // `t` is parameter `name` or its optimizer state, stored under prefix + name.
+  const auto add = [&](const std::string& prefix, const std::string& name, const at::Tensor& t) {
     if (!is_expert_parameter(name)) {
-      state.replicated.emplace_back(name, t);
+      state.replicated.emplace_back(prefix + name, t);
       return;
     }
-    const int64_t layer = std::stoll(name.substr(name.find('.') + 1));
-    const int64_t first = model->layers[layer]->moe->first_local_expert();
-    for (int64_t e = 0; e < t.size(0); ++e) state.experts.emplace_back(expert_name(name, first + e), t[e]);
+    const int64_t first = model->first_local_expert(name);
+    for (int64_t e = 0; e < t.size(0); ++e) state.experts.emplace_back(expert_name(prefix + name, first + e), t[e]);
   };
-  for (size_t i = 0; i < params.size(); ++i) add(names[i], params[i]);
+  for (size_t i = 0; i < params.size(); ++i) add("", names[i], params[i]);
   if (optimizer) {
     for (size_t i = 0; i < params.size(); ++i) {
-      add("exp_avg/" + names[i], optimizer->exp_avg()[i]);
-      add("exp_avg_sq/" + names[i], optimizer->exp_avg_sq()[i]);
+      add("exp_avg/", names[i], optimizer->exp_avg()[i]);
+      add("exp_avg_sq/", names[i], optimizer->exp_avg_sq()[i]);
     }
     state.optimizer_steps = optimizer->steps();
   }
