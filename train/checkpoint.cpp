@@ -28,6 +28,12 @@ void write_text_file(const std::string& path, const std::string& text) {
   fsync_path(path);
 }
 
+std::string experts_file(int64_t ep_rank) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "experts-%05lld.safetensors", static_cast<long long>(ep_rank));
+  return buf;
+}
+
 void write_file_atomically(const std::string& path, const std::string& text) {
   write_text_file(path + ".tmp", text);
   fs::rename(path + ".tmp", path);
@@ -38,12 +44,6 @@ namespace {
 std::string step_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
-  return buf;
-}
-
-std::string experts_file(int64_t ep_rank) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "experts-%05lld.safetensors", static_cast<long long>(ep_rank));
   return buf;
 }
 
@@ -161,7 +161,7 @@ std::string resolve_checkpoint(const std::string& root, const std::string& which
   return root + "/" + name;
 }
 
-nlohmann::json verify_checkpoint(const std::string& dir) {
+nlohmann::json read_manifest(const std::string& dir) {
   const std::string manifest_path = dir + "/manifest.json";
   MOE_INPUT_CHECK(fs::is_directory(dir), "checkpoint ", dir, " is not a directory");
   nlohmann::json m;
@@ -187,14 +187,6 @@ nlohmann::json verify_checkpoint(const std::string& dir) {
     MOE_INPUT_CHECK(!path.empty() && path.find('/') == std::string::npos && path.find('\\') == std::string::npos &&
                         path != "." && path != "..",
                     manifest_path, ": names a path outside the checkpoint: ", path);
-    const std::string full = dir + "/" + path;
-    MOE_INPUT_CHECK(fs::is_regular_file(full), "checkpoint file ", full, " is missing");
-    const auto [crc, bytes] = file_crc32(full);
-    MOE_INPUT_CHECK(bytes == f["bytes"].get<int64_t>(), "checkpoint file ", full, " has ", bytes,
-                    " bytes, the manifest says ", f["bytes"].get<int64_t>(), " (truncated or altered)");
-    MOE_INPUT_CHECK(crc == f["crc32"].get<uint32_t>(), "checkpoint file ", full,
-                    ": CRC-32 mismatch (altered or corrupted)");
-    if (path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0) read_safetensors(full);
     listed.insert(path);
   }
   std::vector<std::string> required = {"model.safetensors", "rng.safetensors", "config.yaml", "trainer.json"};
@@ -205,13 +197,51 @@ nlohmann::json verify_checkpoint(const std::string& dir) {
   return m;
 }
 
+std::map<std::string, Safetensors> verify_files(const std::string& dir, const nlohmann::json& manifest,
+                                                const std::set<std::string>& keep) {
+  std::map<std::string, Safetensors> kept;
+  for (const auto& f : manifest["files"]) {
+    const std::string path = f["path"].get<std::string>(), full = dir + "/" + path;
+    MOE_INPUT_CHECK(fs::is_regular_file(full), "checkpoint file ", full, " is missing");
+    const std::vector<char> bytes = read_file(full);
+    MOE_INPUT_CHECK(static_cast<int64_t>(bytes.size()) == f["bytes"].get<int64_t>(), "checkpoint file ", full,
+                    " has ", bytes.size(), " bytes, the manifest says ", f["bytes"].get<int64_t>(),
+                    " (truncated or altered)");
+    MOE_INPUT_CHECK(crc32(bytes.data(), bytes.size()) == f["crc32"].get<uint32_t>(), "checkpoint file ", full,
+                    ": CRC-32 mismatch (altered or corrupted)");
+    if (path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0) {
+      Safetensors parsed = parse_safetensors(full, bytes);
+      if (keep.count(path)) kept[path] = std::move(parsed);
+    }
+  }
+  return kept;
+}
+
+nlohmann::json verify_checkpoint(const std::string& dir) {
+  nlohmann::json m = read_manifest(dir);
+  verify_files(dir, m, {});
+  return m;
+}
+
 bool load_checkpoint(const std::string& dir, CheckpointState& state, const ParallelDims& dims) {
-  const nlohmann::json m = verify_checkpoint(dir);
+  const nlohmann::json m = read_manifest(dir);
   const int64_t saved_ep = m["expert_parallel_size"].get<int64_t>(), saved_experts = m["num_experts"].get<int64_t>();
   MOE_INPUT_CHECK(saved_experts == dims.num_experts, dir, ": saved with ", saved_experts,
                   " experts per layer, the model has ", dims.num_experts);
+  const bool same_world = m["world_size"].get<int64_t>() == dims.world_size;
+  // This rank's experts come from the shards of the saved layout that hold them.
+  const bool with_experts = dims.num_local_experts > 0 && !state.experts.empty();
+  const int64_t per_file = with_experts ? saved_experts / saved_ep : 1;
+  const int64_t first_file = with_experts ? dims.first_local_expert / per_file : 0;
+  const int64_t last_file = with_experts ? (dims.first_local_expert + dims.num_local_experts - 1) / per_file : -1;
+  std::set<std::string> wanted = {"model.safetensors"};
+  if (same_world) wanted.insert("rng.safetensors");
+  for (int64_t j = first_file; j <= last_file; ++j) wanted.insert(experts_file(j));
+  // Every rank checks every file, so all of them accept or refuse the checkpoint together, and reads each once.
+  std::map<std::string, Safetensors> files = verify_files(dir, m, wanted);
+
   const std::string model_file = dir + "/model.safetensors";
-  const Safetensors model = read_safetensors(model_file);
+  const Safetensors& model = files["model.safetensors"];
   copy_into(state.replicated, model.tensors, model_file);
   for (const auto& [name, t] : model.tensors) {
     if (!state.with_optimizer && name.rfind("exp_avg", 0) == 0) continue;
@@ -219,26 +249,21 @@ bool load_checkpoint(const std::string& dir, CheckpointState& state, const Paral
                                 [&](const auto& live) { return live.first == name; }),
                     model_file, ": holds ", name, ", which this model does not have");
   }
-  if (dims.num_local_experts > 0 && !state.experts.empty()) {
-    // This rank's experts, regrouped by global id from the shards of the saved layout.
+  if (with_experts) {
     std::map<std::string, at::Tensor> experts;
-    const int64_t per_file = saved_experts / saved_ep;
-    const int64_t first_file = dims.first_local_expert / per_file;
-    const int64_t last_file = (dims.first_local_expert + dims.num_local_experts - 1) / per_file;
-    std::string files;
+    std::string names;
     for (int64_t j = first_file; j <= last_file; ++j) {
-      Safetensors shard = read_safetensors(dir + "/" + experts_file(j));
-      experts.merge(shard.tensors);
-      files += (files.empty() ? "" : ", ") + experts_file(j);
+      experts.merge(files[experts_file(j)].tensors);
+      names += (names.empty() ? "" : ", ") + experts_file(j);
     }
-    copy_into(state.experts, experts, dir + "/" + files);
+    copy_into(state.experts, experts, dir + "/" + names);
   }
   const nlohmann::json trainer = nlohmann::json::parse(read_text(dir + "/trainer.json"));
   state.step = trainer.at("step").get<int64_t>();
   state.optimizer_steps = trainer.at("optimizer_steps").get<int64_t>();
   state.train_seconds = trainer.value("train_seconds", 0.0);
-  if (m["world_size"].get<int64_t>() != dims.world_size) return false;
-  const Safetensors rng = read_safetensors(dir + "/rng.safetensors");
+  if (!same_world) return false;
+  const Safetensors& rng = files["rng.safetensors"];
   const auto it = rng.tensors.find("rank." + std::to_string(dims.rank));
   MOE_INPUT_CHECK(it != rng.tensors.end(), dir, "/rng.safetensors: no state for rank ", dims.rank);
   state.rng_state = it->second;

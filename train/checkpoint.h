@@ -16,6 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -50,6 +52,14 @@ std::string resolve_checkpoint(const std::string& root, const std::string& which
 // Verifies the manifest and every file it lists (size, CRC-32, safetensors structure); throws a bad-input
 // moe::Error naming the file. Returns the manifest.
 nlohmann::json verify_checkpoint(const std::string& dir);
+// The file holding EP rank `ep_rank`'s experts: "experts-EEEEE.safetensors".
+std::string experts_file(int64_t ep_rank);
+// verify_checkpoint in two halves, for readers that want some files' contents: the manifest of `dir`,
+// checked on its own (format, version, layout, the files a checkpoint must list) ...
+nlohmann::json read_manifest(const std::string& dir);
+// ... then every file it lists, each read once; the safetensors files named in `keep` are returned parsed.
+std::map<std::string, Safetensors> verify_files(const std::string& dir, const nlohmann::json& manifest,
+                                                const std::set<std::string>& keep);
 
 // Loads `dir` into `state` (whatever world and EP size it was saved with): every tensor must be present
 // with the shape and dtype of the live one. Restores the generator state only when the world size is the

@@ -37,18 +37,17 @@ int64_t export_huggingface(const std::string& checkpoint_dir, const std::string&
   MOE_INPUT_CHECK(options.dtype == "float32" || options.dtype == "bfloat16", "export: --dtype must be float32 or "
                   "bfloat16, got ", options.dtype);
   MOE_INPUT_CHECK(!fs::exists(out_dir), "export: ", out_dir, " already exists; nothing was overwritten");
-  const nlohmann::json manifest = verify_checkpoint(checkpoint_dir);
+  const nlohmann::json manifest = read_manifest(checkpoint_dir);
+  std::set<std::string> inputs = {"model.safetensors"};
+  for (int64_t j = 0; j < manifest["expert_parallel_size"].get<int64_t>(); ++j) inputs.insert(experts_file(j));
+  std::map<std::string, Safetensors> files = verify_files(checkpoint_dir, manifest, inputs);
   const Config c = load_config(checkpoint_dir + "/config.yaml", {}, 0);
   const std::string why = not_mixtral(c);
   MOE_INPUT_CHECK(why.empty(), "export: ", checkpoint_dir, " cannot be exported as Mixtral: ", why);
   const at::ScalarType dtype = options.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
 
-  std::map<std::string, at::Tensor> saved = read_safetensors(checkpoint_dir + "/model.safetensors").tensors;
-  for (int64_t j = 0; j < manifest["expert_parallel_size"].get<int64_t>(); ++j) {
-    char name[48];
-    std::snprintf(name, sizeof name, "/experts-%05lld.safetensors", static_cast<long long>(j));
-    saved.merge(read_safetensors(checkpoint_dir + name).tensors);
-  }
+  std::map<std::string, at::Tensor> saved;
+  for (auto& [name, file] : files) saved.merge(file.tensors);
   const auto take = [&](const std::string& name) {
     const auto it = saved.find(name);
     MOE_INPUT_CHECK(it != saved.end(), "export: ", checkpoint_dir, " lacks tensor ", name);

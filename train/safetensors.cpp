@@ -128,31 +128,34 @@ int64_t write_safetensors(const std::string& path, const NamedTensors& tensors,
   return static_cast<int64_t>(8 + length) + offset;
 }
 
-Safetensors read_safetensors(const std::string& path) {
+std::vector<char> read_file(const std::string& path) {
   std::ifstream is(path, std::ios::binary | std::ios::ate);
   MOE_INPUT_CHECK(is.good(), "cannot read ", path, ": ", std::strerror(errno));
-  const auto file_size = static_cast<int64_t>(is.tellg());
+  std::vector<char> bytes(static_cast<size_t>(is.tellg()));
   is.seekg(0);
+  is.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  MOE_INPUT_CHECK(is.good() || bytes.empty(), "cannot read ", path, ": ", std::strerror(errno));
+  return bytes;
+}
+
+Safetensors read_safetensors(const std::string& path) { return parse_safetensors(path, read_file(path)); }
+
+Safetensors parse_safetensors(const std::string& path, const std::vector<char>& file) {
+  const auto file_size = static_cast<int64_t>(file.size());
   MOE_INPUT_CHECK(file_size >= 8, path, ": truncated (", file_size, " bytes, no safetensors header)");
-  unsigned char prefix[8];
-  is.read(reinterpret_cast<char*>(prefix), 8);
   uint64_t length = 0;
-  for (int i = 0; i < 8; ++i) length |= static_cast<uint64_t>(prefix[i]) << (8 * i);
+  for (int i = 0; i < 8; ++i) length |= static_cast<uint64_t>(static_cast<unsigned char>(file[i])) << (8 * i);
   MOE_INPUT_CHECK(length <= static_cast<uint64_t>(file_size - 8), path, ": header length ", length,
                   " runs past the end of the file (", file_size, " bytes)");
-  std::string text(length, '\0');
-  is.read(text.data(), static_cast<std::streamsize>(length));
+  const char* const data = file.data() + 8 + length;
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(text);
+    header = nlohmann::json::parse(file.data() + 8, data);
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": the safetensors header is not valid JSON (" + e.what() + ")", /*bad_input=*/true);
   }
   MOE_INPUT_CHECK(header.is_object(), path, ": the safetensors header is not a JSON object");
   const int64_t data_size = file_size - 8 - static_cast<int64_t>(length);
-  std::vector<char> data(static_cast<size_t>(data_size));
-  is.read(data.data(), data_size);
-  MOE_INPUT_CHECK(is.good() || data_size == 0, "cannot read ", path);
 
   Safetensors out;
   std::vector<std::pair<int64_t, int64_t>> ranges;
@@ -197,7 +200,7 @@ Safetensors read_safetensors(const std::string& path) {
                     " needs ", bytes, " bytes, data_offsets give ", end - begin);
     ranges.emplace_back(begin, end);
     at::Tensor t = at::empty(shape, at::TensorOptions().dtype(type));
-    if (bytes > 0) std::memcpy(t.data_ptr(), data.data() + begin, static_cast<size_t>(bytes));
+    if (bytes > 0) std::memcpy(t.data_ptr(), data + begin, static_cast<size_t>(bytes));
     out.tensors[name] = t;
   }
   std::sort(ranges.begin(), ranges.end());

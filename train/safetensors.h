@@ -27,6 +27,10 @@ int64_t write_safetensors(const std::string& path, const NamedTensors& tensors,
                           const std::map<std::string, std::string>& metadata, uint32_t* crc = nullptr);
 
 Safetensors read_safetensors(const std::string& path);
+// The same, from the file's bytes already in memory; `path` names the file in errors.
+Safetensors parse_safetensors(const std::string& path, const std::vector<char>& file);
+// A whole file's bytes.
+std::vector<char> read_file(const std::string& path);
 
 // CRC-32 (IEEE, as zlib) of a byte range, continuing from `crc` (0 to start).
 uint32_t crc32(const void* data, size_t size, uint32_t crc = 0);
