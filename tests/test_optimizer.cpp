@@ -59,5 +59,21 @@ TEST(GradNorm, CountsEveryParameterAndClipsToTheMaximum) {
   EXPECT_NEAR(a.grad()[0].item<double>(), 0.6, 1e-6);
 }
 
+TEST(GradNorm, MatchesAFloat64SumOverMillionsOfElements) {
+  // Larger than one 64Ki chunk, with a ragged tail, and of both signs: float32 accumulation over a
+  // tensor this size would be off by ~1e-5.
+  at::manual_seed(7);
+  at::Tensor a = at::zeros({1000, 1537}).requires_grad_(true), b = at::zeros({3, 70001}).requires_grad_(true);
+  a.mutable_grad() = at::randn({1000, 1537});
+  b.mutable_grad() = at::randn({3, 70001}) * 3;
+  double expected = 0;
+  for (const at::Tensor& g : {a.grad(), b.grad()}) {
+    const at::Tensor flat = g.contiguous().view({-1});
+    const float* v = flat.data_ptr<float>();
+    for (int64_t i = 0; i < flat.numel(); ++i) expected += static_cast<double>(v[i]) * v[i];
+  }
+  EXPECT_NEAR(global_grad_norm({a}, {b}, nullptr) / std::sqrt(expected), 1.0, 1e-7);
+}
+
 }  // namespace
 }  // namespace moe
