@@ -17,9 +17,8 @@ import argparse
 import json
 import math
 import os
-import time
-
 import sys
+import time
 
 import numpy as np
 import torch

@@ -60,8 +60,7 @@ TEST(GradNorm, CountsEveryParameterAndClipsToTheMaximum) {
 }
 
 TEST(GradNorm, MatchesAFloat64SumOverMillionsOfElements) {
-  // Larger than one 64Ki chunk, with a ragged tail, and of both signs: float32 accumulation over a
-  // tensor this size would be off by ~1e-5.
+  // Float32 accumulation over tensors this size is off by ~1e-6 (one sdot over them: 1.4e-6).
   at::manual_seed(7);
   at::Tensor a = at::zeros({1000, 1537}).requires_grad_(true), b = at::zeros({3, 70001}).requires_grad_(true);
   a.mutable_grad() = at::randn({1000, 1537});

@@ -48,8 +48,8 @@ std::string step_name(int64_t step) {
 }
 
 nlohmann::json file_entry(const std::string& dir, const std::string& name) {
-  const auto [crc, bytes] = file_crc32(dir + "/" + name);
-  return {{"path", name}, {"bytes", bytes}, {"crc32", crc}};
+  const std::vector<char> bytes = read_file(dir + "/" + name);
+  return {{"path", name}, {"bytes", bytes.size()}, {"crc32", crc32(bytes.data(), bytes.size())}};
 }
 
 std::string read_text(const std::string& path) {
@@ -231,9 +231,12 @@ bool load_checkpoint(const std::string& dir, CheckpointState& state, const Paral
   const bool same_world = m["world_size"].get<int64_t>() == dims.world_size;
   // This rank's experts come from the shards of the saved layout that hold them.
   const bool with_experts = dims.num_local_experts > 0 && !state.experts.empty();
-  const int64_t per_file = with_experts ? saved_experts / saved_ep : 1;
-  const int64_t first_file = with_experts ? dims.first_local_expert / per_file : 0;
-  const int64_t last_file = with_experts ? (dims.first_local_expert + dims.num_local_experts - 1) / per_file : -1;
+  int64_t first_file = 0, last_file = -1;
+  if (with_experts) {
+    const int64_t per_file = saved_experts / saved_ep;
+    first_file = dims.first_local_expert / per_file;
+    last_file = (dims.first_local_expert + dims.num_local_experts - 1) / per_file;
+  }
   std::set<std::string> wanted = {"model.safetensors"};
   if (same_world) wanted.insert("rng.safetensors");
   for (int64_t j = first_file; j <= last_file; ++j) wanted.insert(experts_file(j));

@@ -55,21 +55,6 @@ uint32_t crc32(const void* data, size_t size, uint32_t crc) {
   return ~crc;
 }
 
-std::pair<uint32_t, int64_t> file_crc32(const std::string& path) {
-  std::ifstream is(path, std::ios::binary);
-  MOE_INPUT_CHECK(is.good(), "cannot read ", path, ": ", std::strerror(errno));
-  std::vector<char> buffer(1 << 20);
-  uint32_t crc = 0;
-  int64_t size = 0;
-  while (is) {
-    is.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    const auto n = static_cast<size_t>(is.gcount());
-    crc = crc32(buffer.data(), n, crc);
-    size += static_cast<int64_t>(n);
-  }
-  return {crc, size};
-}
-
 void fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   MOE_CHECK(fd >= 0, "cannot open ", path, " to fsync: ", std::strerror(errno));

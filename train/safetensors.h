@@ -34,8 +34,6 @@ std::vector<char> read_file(const std::string& path);
 
 // CRC-32 (IEEE, as zlib) of a byte range, continuing from `crc` (0 to start).
 uint32_t crc32(const void* data, size_t size, uint32_t crc = 0);
-// CRC-32 and size of a whole file.
-std::pair<uint32_t, int64_t> file_crc32(const std::string& path);
 
 // fsync a file or a directory by path.
 void fsync_path(const std::string& path);
