@@ -5,10 +5,14 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
+#include <memory>
+
 #include "core/experts.h"
 #include "core/model_options.h"
+#include "core/phase_times.h"
 #include "core/router.h"
-#include "parallel/token_dispatcher.h"
+#include "core/token_dispatcher.h"
+#include "parallel/parallel_dims.h"
 
 namespace moe {
 
@@ -19,14 +23,12 @@ struct MoEOutput {
 
 class MoELayerImpl : public torch::nn::Module {
  public:
-  // ep_group: the expert-parallel group this rank's experts belong to (null: every expert is local);
-  // this rank then holds experts [ep_rank * E/EP, (ep_rank + 1) * E/EP). aux_group: the ranks a
-  // global-scope balance loss counts over (all ranks).
-  explicit MoELayerImpl(const MoELayerOptions& options, Communicator* ep_group = nullptr,
-                        Communicator* aux_group = nullptr);
+  // Reads hidden_size, init_std and moe of the model's options. This rank holds the experts of
+  // parallel.shard(): [ep_rank * E/EP, (ep_rank + 1) * E/EP), exchanging tokens over parallel.ep_group.
+  explicit MoELayerImpl(const TransformerOptions& options, const ExpertParallel& parallel = {});
   MoEOutput forward(const at::Tensor& x);
 
-  const MoELayerOptions& options() const { return options_; }
+  const MoEOptions& options() const { return options_; }
   // The global id of this rank's first expert; experts->w1[i] is global expert first_local_expert() + i.
   int64_t first_local_expert() const { return first_local_expert_; }
   void set_phase_times(PhaseTimes* times);
@@ -35,8 +37,9 @@ class MoELayerImpl : public torch::nn::Module {
   Experts shared_experts{nullptr};  // null without shared experts
 
  private:
-  MoELayerOptions options_;
-  TokenDispatcher dispatcher_;
+  MoEOptions options_;
+  int64_t hidden_size_;
+  std::unique_ptr<TokenDispatcher> dispatcher_;
   int64_t first_local_expert_ = 0;
   PhaseTimes* times_ = nullptr;
 };

@@ -7,23 +7,13 @@
 
 namespace moe {
 
-RouterImpl::RouterImpl(const RouterOptions& options, Communicator* aux_group)
-    : options_(options), aux_group_(aux_group) {
-  const auto& o = options_;
-  MOE_CHECK(o.hidden_size > 0, "router: hidden_size (", o.hidden_size, ") must be positive");
-  MOE_CHECK(o.num_experts > 0, "router: num_experts (", o.num_experts, ") must be positive");
-  MOE_CHECK(o.top_k >= 1 && o.top_k <= o.num_experts, "router: top_k (", o.top_k,
-            ") must be between 1 and num_experts (", o.num_experts, ")");
-  MOE_CHECK(!o.capacity_factor || *o.capacity_factor >= 0, "router: capacity_factor (",
-            o.capacity_factor.value_or(0), ") must be >= 0 or null (dropless)");
-  MOE_CHECK(!o.eval_capacity_factor || *o.eval_capacity_factor >= 0, "router: eval_capacity_factor (",
-            o.eval_capacity_factor.value_or(0), ") must be >= 0 or null (dropless)");
-  MOE_CHECK(o.jitter_eps >= 0 && o.jitter_eps < 1, "router: jitter_eps (", o.jitter_eps,
-            ") must be in [0, 1)");
-  MOE_CHECK(o.bias_update_rate >= 0, "router: bias_update_rate (", o.bias_update_rate, ") must be >= 0");
-  weight = register_parameter(
-      "weight", at::randn({o.num_experts, o.hidden_size}, at::kFloat).mul_(o.init_std));
-  expert_bias = register_buffer("expert_bias", at::zeros({o.num_experts}, at::kFloat));
+RouterImpl::RouterImpl(const TransformerOptions& options, Communicator* aux_group)
+    : options_(options.moe.router), aux_group_(aux_group) {
+  validate(options);
+  MOE_CHECK(options.is_moe(), "router: moe.num_experts (", options_.num_experts, ") must be positive");
+  weight = register_parameter("weight",
+                              at::randn({options_.num_experts, options.hidden_size}, at::kFloat).mul_(options.init_std));
+  expert_bias = register_buffer("expert_bias", at::zeros({options_.num_experts}, at::kFloat));
 }
 
 at::Tensor RouterImpl::gate(const at::Tensor& x_TD) {

@@ -28,9 +28,10 @@ struct Routing {
 
 class RouterImpl : public torch::nn::Module {
  public:
+  // Reads hidden_size, init_std and moe.router of the model's options (moe.router.num_experts > 0).
   // aux_group: the ranks over which a global-scope balance loss counts assignments (all data-parallel
   // ranks); required by AuxLossScope::kGlobal with more than one rank, ignored otherwise.
-  explicit RouterImpl(const RouterOptions& options, Communicator* aux_group = nullptr);
+  explicit RouterImpl(const TransformerOptions& options, Communicator* aux_group = nullptr);
 
   // x_TD (any float dtype) -> logits_TE in float32. Applies input jitter when training.
   at::Tensor gate(const at::Tensor& x_TD);

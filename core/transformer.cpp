@@ -4,6 +4,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 
 #include <cmath>
+#include <map>
 
 #include "core/check.h"
 
@@ -32,28 +33,22 @@ at::Tensor apply_rope(const at::Tensor& x, double theta) {
   return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, 3).to(x.scalar_type());
 }
 
-AttentionImpl::AttentionImpl(const AttentionOptions& options) : options_(options) {
+AttentionImpl::AttentionImpl(const TransformerOptions& options) : options_(options) {
   const auto& o = options_;
-  MOE_CHECK(o.hidden_size > 0 && o.num_heads > 0 && o.num_kv_heads > 0, "attention: hidden_size (", o.hidden_size,
-            "), num_heads (", o.num_heads, ") and num_kv_heads (", o.num_kv_heads, ") must be positive");
-  MOE_CHECK(o.hidden_size % o.num_heads == 0, "attention: num_heads (", o.num_heads,
-            ") must divide hidden_size (", o.hidden_size, ")");
-  MOE_CHECK(o.num_heads % o.num_kv_heads == 0, "attention: num_kv_heads (", o.num_kv_heads,
-            ") must divide num_heads (", o.num_heads, ")");
-  MOE_CHECK(head_dim() % 2 == 0, "attention: head_dim (", head_dim(), ") must be even for rotary embeddings");
-  const int64_t hd = head_dim();
+  validate(o);
+  const int64_t hd = head_dim(), H = o.num_attention_heads, KV = o.kv_heads();
   const auto init = [&](int64_t out, int64_t in) { return at::randn({out, in}, at::kFloat).mul_(o.init_std); };
-  q_proj = register_parameter("q_proj", init(o.num_heads * hd, o.hidden_size));
-  k_proj = register_parameter("k_proj", init(o.num_kv_heads * hd, o.hidden_size));
-  v_proj = register_parameter("v_proj", init(o.num_kv_heads * hd, o.hidden_size));
-  o_proj = register_parameter("o_proj", init(o.hidden_size, o.num_heads * hd));
+  q_proj = register_parameter("q_proj", init(H * hd, o.hidden_size));
+  k_proj = register_parameter("k_proj", init(KV * hd, o.hidden_size));
+  v_proj = register_parameter("v_proj", init(KV * hd, o.hidden_size));
+  o_proj = register_parameter("o_proj", init(o.hidden_size, H * hd));
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   const auto& o = options_;
   MOE_CHECK(x.dim() == 3 && x.size(2) == o.hidden_size, "attention: expected [B, S, ", o.hidden_size, "], got ",
             x.sizes());
-  const int64_t B = x.size(0), S = x.size(1), H = o.num_heads, KV = o.num_kv_heads, hd = head_dim();
+  const int64_t B = x.size(0), S = x.size(1), H = o.num_attention_heads, KV = o.kv_heads(), hd = head_dim();
   const at::Tensor q = apply_rope(at::linear(x, q_proj).view({B, S, H, hd}), o.rope_theta).transpose(1, 2);
   at::Tensor k = apply_rope(at::linear(x, k_proj).view({B, S, KV, hd}), o.rope_theta).transpose(1, 2);
   at::Tensor v = at::linear(x, v_proj).view({B, S, KV, hd}).transpose(1, 2);
@@ -68,14 +63,13 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   return at::linear(out, o_proj);
 }
 
-TransformerBlockImpl::TransformerBlockImpl(const TransformerOptions& o, int64_t layer, Communicator* ep_group,
-                                           Communicator* aux_group) {
-  const int64_t D = o.attention.hidden_size;
+TransformerBlockImpl::TransformerBlockImpl(const TransformerOptions& o, int64_t layer, const ExpertParallel& parallel) {
+  const int64_t D = o.hidden_size;
   input_layernorm = register_module("input_layernorm", RMSNorm(D, o.norm_eps));
-  self_attn = register_module("self_attn", Attention(o.attention));
+  self_attn = register_module("self_attn", Attention(o));
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(D, o.norm_eps));
   if (o.is_moe_layer(layer)) {
-    moe = register_module("moe", MoELayer(o.moe, ep_group, aux_group));
+    moe = register_module("moe", MoELayer(o, parallel));
   } else {
     ExpertsOptions eo;
     eo.num_experts = 1;
@@ -98,25 +92,39 @@ at::Tensor TransformerBlockImpl::forward(const at::Tensor& x, std::vector<Routin
   return h + mlp->forward(n_TD, {n_TD.size(0)}).view(n.sizes());
 }
 
-TransformerImpl::TransformerImpl(const TransformerOptions& options, Communicator* ep_group,
-                                 Communicator* aux_group)
+TransformerImpl::TransformerImpl(const TransformerOptions& options, const ExpertParallel& parallel)
     : options_(options) {
   const auto& o = options_;
-  const int64_t D = o.attention.hidden_size;
-  MOE_CHECK(o.vocab_size > 0 && o.num_layers > 0, "transformer: vocab_size (", o.vocab_size, ") and num_layers (",
-            o.num_layers, ") must be positive");
-  MOE_CHECK(o.moe_layer_freq >= 1 && o.first_dense_layers >= 0, "transformer: moe_layer_freq (", o.moe_layer_freq,
-            ") must be >= 1 and first_dense_layers (", o.first_dense_layers, ") >= 0");
-  MOE_CHECK(!o.is_moe() || o.moe.router.hidden_size == D, "transformer: the router's hidden_size (",
-            o.moe.router.hidden_size, ") must be the model's (", D, ")");
+  validate(o);
+  const int64_t D = o.hidden_size;
   embed_tokens = register_parameter("embed_tokens", at::randn({o.vocab_size, D}).mul_(o.init_std));
   auto list = register_module("layers", torch::nn::ModuleList());  // names layers.0, layers.1, ...
   for (int64_t i = 0; i < o.num_layers; ++i) {
-    layers.push_back(TransformerBlock(o, i, ep_group, aux_group));
+    layers.push_back(TransformerBlock(o, i, parallel));
     list->push_back(layers.back());
   }
   norm = register_module("norm", RMSNorm(D, o.norm_eps));
   lm_head = register_parameter("lm_head", at::randn({o.vocab_size, D}).mul_(o.init_std));
+
+  // Where each parameter sits, known from the modules that hold it, not parsed from its name.
+  std::map<const void*, ParameterRecord> placed;  // by TensorImpl
+  for (int64_t i = 0; i < o.num_layers; ++i) {
+    for (const at::Tensor& p : layers[i]->parameters()) placed[p.unsafeGetTensorImpl()].layer = i;
+    if (!layers[i]->moe) continue;
+    for (const at::Tensor& p : layers[i]->moe->experts->parameters()) {
+      ParameterRecord& r = placed[p.unsafeGetTensorImpl()];
+      r.placement = Placement::kExpertSharded;
+      r.first_expert = layers[i]->moe->first_local_expert();
+    }
+  }
+  for (const auto& item : named_parameters()) {
+    ParameterRecord r;
+    const auto it = placed.find(item.value().unsafeGetTensorImpl());
+    if (it != placed.end()) r = it->second;
+    r.name = item.key();
+    r.tensor = item.value();
+    records_.push_back(std::move(r));
+  }
 }
 
 TransformerOutput TransformerImpl::forward(const at::Tensor& tokens) {
@@ -130,8 +138,6 @@ TransformerOutput TransformerImpl::forward(const at::Tensor& tokens) {
   for (const Routing& r : out.routings) out.router_loss = out.router_loss + r.loss;
   return out;
 }
-
-bool is_expert_parameter(const std::string& name) { return name.find(".moe.experts.") != std::string::npos; }
 
 namespace {
 
@@ -153,18 +159,17 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 void TransformerImpl::init_weights(uint64_t seed) {
   at::NoGradGuard no_grad;
   const double residual_std = options_.init_std / std::sqrt(2.0 * static_cast<double>(options_.num_layers));
-  for (auto& item : named_parameters()) {
-    const std::string& name = item.key();
-    at::Tensor& p = item.value();
+  for (const ParameterRecord& r : records_) {
+    const std::string& name = r.name;
+    at::Tensor p = r.tensor;
     if (ends_with(name, "layernorm.weight") || name == "norm.weight") {
       p.fill_(1.0);
       continue;
     }
     const double std = (ends_with(name, "o_proj") || ends_with(name, ".w2")) ? residual_std : options_.init_std;
-    if (is_expert_parameter(name)) {
-      const int64_t first = first_local_expert(name);
+    if (r.is_expert()) {
       for (int64_t e = 0; e < p.size(0); ++e) {
-        at::Generator gen = at::detail::createCPUGenerator(stable_hash(seed, name, first + e));
+        at::Generator gen = at::detail::createCPUGenerator(stable_hash(seed, name, r.first_expert + e));
         p[e].copy_(at::normal(0.0, std, p[e].sizes(), gen));
       }
     } else {
@@ -172,26 +177,6 @@ void TransformerImpl::init_weights(uint64_t seed) {
       p.copy_(at::normal(0.0, std, p.sizes(), gen));
     }
   }
-}
-
-int64_t TransformerImpl::first_local_expert(const std::string& name) const {
-  return layers.at(std::stoull(name.substr(name.find('.') + 1)))->moe->first_local_expert();
-}
-
-std::vector<at::Tensor> TransformerImpl::expert_parameters() const {
-  std::vector<at::Tensor> out;
-  for (const auto& item : named_parameters()) {
-    if (is_expert_parameter(item.key())) out.push_back(item.value());
-  }
-  return out;
-}
-
-std::vector<at::Tensor> TransformerImpl::dense_parameters() const {
-  std::vector<at::Tensor> out;
-  for (const auto& item : named_parameters()) {
-    if (!is_expert_parameter(item.key())) out.push_back(item.value());
-  }
-  return out;
 }
 
 std::vector<MoELayer> TransformerImpl::moe_layers() const {

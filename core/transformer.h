@@ -11,6 +11,7 @@
 #include "core/experts.h"
 #include "core/model_options.h"
 #include "core/moe_layer.h"
+#include "parallel/parameter.h"
 
 namespace moe {
 
@@ -32,16 +33,17 @@ at::Tensor apply_rope(const at::Tensor& x_BSHd, double theta);
 
 class AttentionImpl : public torch::nn::Module {
  public:
-  explicit AttentionImpl(const AttentionOptions& options);
+  // Reads hidden_size, num_attention_heads, num_kv_heads, rope_theta and init_std.
+  explicit AttentionImpl(const TransformerOptions& options);
   // Causal self-attention over x [B, S, D].
   at::Tensor forward(const at::Tensor& x_BSD);
 
-  const AttentionOptions& options() const { return options_; }
-  int64_t head_dim() const { return options_.hidden_size / options_.num_heads; }
+  const TransformerOptions& options() const { return options_; }
+  int64_t head_dim() const { return options_.head_dim(); }
   at::Tensor q_proj, k_proj, v_proj, o_proj;  // [H*hd, D], [KV*hd, D], [KV*hd, D], [D, H*hd]
 
  private:
-  AttentionOptions options_;
+  TransformerOptions options_;
 };
 TORCH_MODULE(Attention);
 
@@ -49,8 +51,7 @@ TORCH_MODULE(Attention);
 // or a dense SwiGLU MLP (held as Experts with one expert, so both share one grouped-GEMM path).
 class TransformerBlockImpl : public torch::nn::Module {
  public:
-  TransformerBlockImpl(const TransformerOptions& options, int64_t layer, Communicator* ep_group,
-                       Communicator* aux_group);
+  TransformerBlockImpl(const TransformerOptions& options, int64_t layer, const ExpertParallel& parallel);
   // x [B, S, D] -> [B, S, D]; appends this layer's routing to `routings` when it is an MoE layer.
   at::Tensor forward(const at::Tensor& x_BSD, std::vector<Routing>& routings);
 
@@ -69,9 +70,8 @@ struct TransformerOutput {
 
 class TransformerImpl : public torch::nn::Module {
  public:
-  // ep_group / aux_group as for MoELayer (null: one process holds every expert).
-  explicit TransformerImpl(const TransformerOptions& options, Communicator* ep_group = nullptr,
-                           Communicator* aux_group = nullptr);
+  // parallel: this rank's expert shard and groups, as for MoELayer (default: one process holds every expert).
+  explicit TransformerImpl(const TransformerOptions& options, const ExpertParallel& parallel = {});
   // tokens [B, S] int64 -> logits and the routing of every MoE layer.
   TransformerOutput forward(const at::Tensor& tokens_BS);
 
@@ -81,14 +81,10 @@ class TransformerImpl : public torch::nn::Module {
   // the residual stream, get init_std / sqrt(2 * num_layers) (GPT-2, Megatron); norms are ones.
   void init_weights(uint64_t seed);
 
-  // Expert weights are sharded over the EP group (their gradients sum over the EDP group); everything
-  // else is replicated on every rank.
-  std::vector<at::Tensor> expert_parameters() const;
-  std::vector<at::Tensor> dense_parameters() const;
+  // Every parameter once, in named_parameters() order, with its placement, layer and first global
+  // expert: built with the model, the one list that sync, clipping, the optimizer and checkpoints read.
+  const ParameterList& parameter_records() const { return records_; }
   std::vector<MoELayer> moe_layers() const;
-  // The global index of the first expert that the expert parameter `name` ("layers.3.moe.experts.w1",
-  // a name is_expert_parameter accepts) holds on this rank: its slice e is global expert first + e.
-  int64_t first_local_expert(const std::string& name) const;
 
   const TransformerOptions& options() const { return options_; }
   at::Tensor embed_tokens;  // [vocab, D]
@@ -98,10 +94,8 @@ class TransformerImpl : public torch::nn::Module {
 
  private:
   TransformerOptions options_;
+  ParameterList records_;
 };
 TORCH_MODULE(Transformer);
-
-// True for the parameters (by their name in named_parameters()) that hold routed experts.
-bool is_expert_parameter(const std::string& name);
 
 }  // namespace moe

@@ -27,14 +27,10 @@ void all_ranks_succeed(Communicator& comm, const std::function<void()>& fn) {
   throw CollectiveError("another rank failed", worst, /*reported=*/false);
 }
 
-std::unique_ptr<Communicator> make_communicator(const std::string& backend) {
-  if (backend == "mpi") return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
-  if (backend == "nccl") {
-    throw Error("communicator: backend 'nccl' is not built into this moe (configure with -DMOE_WITH_NCCL=ON "
-                "on a machine with CUDA and NCCL)",
-                /*bad_input=*/true);
-  }
-  throw Error("communicator: unknown backend '" + backend + "' (expected mpi or nccl)", /*bad_input=*/true);
+std::unique_ptr<Communicator> make_communicator(Backend backend) {
+  const std::string why = backend_unavailable(backend);
+  if (!why.empty()) throw Error("parallel.backend " + why, /*bad_input=*/true);
+  return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
 }
 
 }  // namespace moe

@@ -1,7 +1,7 @@
 #pragma once
-// Communicator: the only collective operations the rest of moe calls, on tensors. Backends (MPI for CPU
-// tensors, NCCL for CUDA tensors) live behind it and are chosen by name at run time; every error names
-// the backend, the operation and the rank. Operations are collective: every rank of the communicator
+// Communicator: the only collective operations the rest of moe calls, on tensors. Backends live behind
+// it and are chosen by the config at run time through make_communicator (MPI for CPU tensors is the one
+// built today); every error names the backend, the operation and the rank. Operations are collective: every rank of the communicator
 // calls them in the same order.
 #include <ATen/ATen.h>
 
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "parallel/parallel_options.h"
 
 namespace moe {
 
@@ -59,8 +60,9 @@ class CollectiveError : public Error {
 // rank shares is reported once. Collective.
 void all_ranks_succeed(Communicator& comm, const std::function<void()>& fn);
 
-// The world communicator of a backend: "mpi" (CPU tensors; MPI must already be initialised) or "nccl"
-// (CUDA tensors; only in builds with MOE_WITH_NCCL).
-std::unique_ptr<Communicator> make_communicator(const std::string& backend);
+// The one factory of communicators: the world of `backend` (parallel.backend), from which the process
+// groups are split. MPI must already be initialised (MpiSession). Backend::kMpi is the only backend
+// built today; kNccl is refused as bad input, naming the key.
+std::unique_ptr<Communicator> make_communicator(Backend backend);
 
 }  // namespace moe

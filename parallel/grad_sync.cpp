@@ -4,11 +4,12 @@
 
 namespace moe {
 
-GradSync::GradSync(std::vector<at::Tensor> dense_params, Communicator& world, std::vector<at::Tensor> expert_params,
-                   Communicator* edp_group, int64_t bucket_bytes)
+GradSync::GradSync(const ParameterList& params, Communicator& world, Communicator* edp_group, int64_t bucket_bytes)
     : scale_(1.0 / world.size()) {
-  add_buckets(dense_params, &world, bucket_bytes);
-  add_buckets(expert_params, edp_group, bucket_bytes);
+  std::vector<at::Tensor> replicated, experts;
+  for (const ParameterRecord& p : params) (p.is_expert() ? experts : replicated).push_back(p.tensor);
+  add_buckets(replicated, &world, bucket_bytes);
+  add_buckets(experts, edp_group, bucket_bytes);
 }
 
 void GradSync::add_buckets(const std::vector<at::Tensor>& params, Communicator* comm, int64_t bucket_bytes) {

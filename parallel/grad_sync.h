@@ -15,13 +15,15 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/parameter.h"
 
 namespace moe {
 
 class GradSync {
  public:
-  GradSync(std::vector<at::Tensor> dense_params, Communicator& world, std::vector<at::Tensor> expert_params,
-           Communicator* edp_group, int64_t bucket_bytes = 32 << 20);
+  // Replicated parameters reduce over `world`, expert shards over `edp_group` (null: no EDP replicas).
+  GradSync(const ParameterList& params, Communicator& world, Communicator* edp_group,
+           int64_t bucket_bytes = 32 << 20);
 
   // Collective: every rank calls it after backward. A parameter with no gradient counts as zero (and
   // gets one).

@@ -19,7 +19,7 @@ constexpr int64_t kMaxCount = INT_MAX;
 
 void check_cpu_contiguous(const at::Tensor& t, const char* op, const char* what) {
   MOE_CHECK(t.device().is_cpu(), "mpi: ", op, " needs CPU tensors, got ", what, " on ", t.device(),
-            " (use the nccl backend for CUDA tensors)");
+            " (mpi is the only backend in this version: CPU tensors only)");
   MOE_CHECK(t.is_contiguous(), "mpi: ", op, " needs a contiguous ", what);
 }
 

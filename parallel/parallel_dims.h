@@ -4,6 +4,7 @@
 // node when ranks are packed by node, as Megatron places them. EP rank j owns the contiguous block of
 // global experts [j * E/EP, (j+1) * E/EP). Non-expert parameters are replicated on every rank.
 #include <memory>
+#include <optional>
 
 #include "parallel/communicator.h"
 
@@ -24,5 +25,16 @@ struct ProcessGroups {
 
 // Collective over `world`: every rank calls it.
 ProcessGroups make_process_groups(Communicator& world, const ParallelDims& dims);
+
+// What a model on this rank needs of the layout: its expert shard and the groups an MoE layer talks
+// over. The default is one process holding every expert.
+struct ExpertParallel {
+  std::optional<ParallelDims> dims;   // empty: one process, every expert local
+  Communicator* ep_group = nullptr;   // the all-to-all group (needed when dims->ep_size > 1)
+  Communicator* aux_group = nullptr;  // the ranks a global-scope balance loss counts over (all ranks)
+
+  // This rank's shard of `num_experts` experts: dims, or all of them on one process.
+  ParallelDims shard(int64_t num_experts) const { return dims ? *dims : ParallelDims(1, 0, 1, num_experts); }
+};
 
 }  // namespace moe

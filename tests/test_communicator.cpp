@@ -138,14 +138,17 @@ TEST(MpiCommunicator, MpiErrorsNameTheCallTheRankAndMpisMessage) {
   }
 }
 
-TEST(MakeCommunicator, ChoosesTheBackendByName) {
-  EXPECT_EQ(make_communicator("mpi")->size(), world().size());
+TEST(MakeCommunicator, ChoosesTheBackendOfTheConfig) {
+  EXPECT_EQ(make_communicator(Backend::kMpi)->size(), world().size());
   try {
-    make_communicator("gloo");
+    make_communicator(Backend::kNccl);
     FAIL() << "expected moe::Error";
   } catch (const Error& e) {
     EXPECT_TRUE(e.bad_input());
-    EXPECT_NE(std::string(e.what()).find("unknown backend 'gloo'"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("parallel.backend nccl: this moe was built without NCCL; mpi is the only "
+                                         "backend"),
+              std::string::npos)
+        << e.what();
   }
 }
 

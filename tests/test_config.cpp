@@ -1,4 +1,4 @@
-#include "train/config.h"
+#include "train/cli/config.h"
 
 #include <gtest/gtest.h>
 
@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "core/check.h"
-#include "train/plan.h"
+#include "train/cli/plan.h"
 
 namespace moe {
 namespace {
@@ -22,21 +22,21 @@ std::string write_config(const std::string& name, const std::string& text) {
 
 TEST(Config, ResolvedConfigLoadsBackAsItWas) {
   const Config a = load_config(source_path("configs/deepseek-v3.yaml"), {"moe.capacity_factor=1.5"}, 2);
-  EXPECT_EQ(a.moe.capacity_factor, 1.5);
+  EXPECT_EQ(a.model.moe.router.capacity_factor, 1.5);
   const std::string yaml = to_yaml(a);
   const Config b = load_config(write_config("resolved.yaml", yaml), {}, 2);
   EXPECT_EQ(to_yaml(b), yaml);
-  EXPECT_EQ(b.moe.num_shared_experts, 1);
-  EXPECT_EQ(b.moe.score_function, "sigmoid");
+  EXPECT_EQ(b.model.moe.num_shared_experts, 1);
+  EXPECT_EQ(b.model.moe.router.score_function, ScoreFunction::kSigmoid);
 }
 
 TEST(Config, OverridesParseAsYaml) {
   const Config c = load_config(source_path("configs/switch.yaml"),
                                {"moe.capacity_factor=null", "train.lr=3e-4", "moe.normalize_topk=true"}, 2);
-  EXPECT_FALSE(c.moe.capacity_factor.has_value());
+  EXPECT_FALSE(c.model.moe.router.capacity_factor.has_value());
   EXPECT_DOUBLE_EQ(c.train.lr, 3e-4);
-  EXPECT_TRUE(c.moe.normalize_topk);
-  const TransformerOptions o = c.transformer_options();
+  EXPECT_TRUE(c.model.moe.router.normalize_topk);
+  const TransformerOptions& o = c.model;
   EXPECT_EQ(o.moe.router.top_k, 1);
   EXPECT_EQ(o.moe.expert_type, ExpertType::kGELU);
   EXPECT_EQ(o.moe.router.drop_policy, DropPolicy::kPosition);

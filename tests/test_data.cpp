@@ -1,5 +1,5 @@
 #include "train/data.h"
-#include "train/tokenizer.h"
+#include "train/cli/tokenizer.h"
 
 #include <gtest/gtest.h>
 

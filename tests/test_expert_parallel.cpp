@@ -25,21 +25,23 @@ struct ParityCase {
   int64_t hot_expert = -1;  // >= 0: every token of every rank goes to this expert
 };
 
-MoELayerOptions options_for(const ParityCase& s) {
-  MoELayerOptions o;
-  o.router.hidden_size = s.D;
-  o.router.num_experts = s.E;
-  o.router.top_k = s.K;
-  o.router.score_function = s.score;
-  o.router.capacity_factor = s.capacity_factor;
-  o.router.drop_policy = s.drop_policy;
-  o.router.aux_loss_scope = s.scope;
-  o.router.aux_loss_coeff = 0.01;
-  o.router.z_loss_coeff = 0.001;
-  o.router.init_std = 0.5;
-  o.ffn_hidden_size = s.F;
-  o.num_shared_experts = s.num_shared;
-  o.check_splits = true;
+TransformerOptions options_for(const ParityCase& s) {
+  TransformerOptions o;
+  o.hidden_size = s.D;
+  o.num_attention_heads = 1;
+  o.init_std = 0.5;
+  RouterOptions& r = o.moe.router;
+  r.num_experts = s.E;
+  r.top_k = s.K;
+  r.score_function = s.score;
+  r.capacity_factor = s.capacity_factor;
+  r.drop_policy = s.drop_policy;
+  r.aux_loss_scope = s.scope;
+  r.aux_loss_coeff = 0.01;
+  r.z_loss_coeff = 0.001;
+  o.moe.ffn_hidden_size = s.F;
+  o.moe.num_shared_experts = s.num_shared;
+  o.moe.check_splits = true;
   return o;
 }
 
@@ -57,10 +59,14 @@ void copy_params(MoELayer& dst, MoELayer& src, int64_t first_expert) {
   }
 }
 
-std::vector<at::Tensor> dense_params(MoELayer& layer) {
-  std::vector<at::Tensor> out = {layer->router->weight};
+// The layer's parameter records, as a Transformer would hand them out.
+ParameterList records(MoELayer& layer) {
+  ParameterList out = {{"router.weight", layer->router->weight}};
   if (layer->shared_experts) {
-    for (auto& p : layer->shared_experts->parameters()) out.push_back(p);
+    for (auto& p : layer->shared_experts->named_parameters()) out.push_back({"shared_experts." + p.key(), p.value()});
+  }
+  for (auto& p : layer->experts->named_parameters()) {
+    out.push_back({"experts." + p.key(), p.value(), Placement::kExpertSharded, 0, layer->first_local_expert()});
   }
   return out;
 }
@@ -101,14 +107,14 @@ void check_parity(const ParityCase& s, int ep) {
   }
 
   // Expert parallel: this rank's chunk, its expert shard.
-  MoELayer layer(options_for(s), groups.ep.get(), &world());
+  MoELayer layer(options_for(s), ExpertParallel{dims, groups.ep.get(), &world()});
   ASSERT_EQ(layer->first_local_expert(), dims.first_local_expert);
   ASSERT_EQ(layer->experts->w1.size(0), dims.num_local_experts);
   copy_params(layer, full, dims.first_local_expert);
   at::Tensor x = x_all.narrow(0, me * s.T, s.T).clone().requires_grad_(true);
   MoEOutput out = layer->forward(x);
   ((out.y * g_all.narrow(0, me * s.T, s.T)).sum() + out.routing.loss).backward();
-  GradSync sync(dense_params(layer), world(), layer->experts->parameters(), groups.edp.get());
+  GradSync sync(records(layer), world(), groups.edp.get());
   sync.sync();
 
   const double rtol = 1e-5;

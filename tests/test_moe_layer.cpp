@@ -26,22 +26,24 @@ struct Case {
   ExpertType type = ExpertType::kSwiGLU;
 };
 
-MoELayerOptions options_for(const Case& c) {
-  MoELayerOptions o;
-  o.router.hidden_size = c.D;
-  o.router.num_experts = c.E;
-  o.router.top_k = c.K;
-  o.router.score_function = c.score;
-  o.router.normalize_topk = c.normalize;
-  if (c.capacity != Capacity::kDropless) o.router.capacity_factor = c.capacity_factor;
-  o.router.drop_policy = c.capacity == Capacity::kPosition ? DropPolicy::kPosition : DropPolicy::kProbability;
-  o.router.aux_loss_coeff = 0.01;
-  o.router.z_loss_coeff = 0.001;
-  o.router.bias_update_rate = c.bias ? 0.01 : 0.0;
-  o.router.init_std = 0.5;  // confident, well-separated routing: no near-ties between float32 and float64
-  o.ffn_hidden_size = c.F;
-  o.expert_type = c.type;
-  o.num_shared_experts = c.num_shared;
+TransformerOptions options_for(const Case& c) {
+  TransformerOptions o;
+  o.hidden_size = c.D;
+  o.num_attention_heads = 1;
+  o.init_std = 0.5;  // confident, well-separated routing: no near-ties between float32 and float64
+  RouterOptions& r = o.moe.router;
+  r.num_experts = c.E;
+  r.top_k = c.K;
+  r.score_function = c.score;
+  r.normalize_topk = c.normalize;
+  if (c.capacity != Capacity::kDropless) r.capacity_factor = c.capacity_factor;
+  r.drop_policy = c.capacity == Capacity::kPosition ? DropPolicy::kPosition : DropPolicy::kProbability;
+  r.aux_loss_coeff = 0.01;
+  r.z_loss_coeff = 0.001;
+  r.bias_update_rate = c.bias ? 0.01 : 0.0;
+  o.moe.ffn_hidden_size = c.F;
+  o.moe.expert_type = c.type;
+  o.moe.num_shared_experts = c.num_shared;
   return o;
 }
 
@@ -297,8 +299,8 @@ TEST(MoELayerEdges, EvalUsesEvalCapacityFactor) {
   at::manual_seed(14);
   Case c;
   c.capacity = Capacity::kProbability;
-  MoELayerOptions o = options_for(c);
-  o.router.eval_capacity_factor = 2.0;
+  TransformerOptions o = options_for(c);
+  o.moe.router.eval_capacity_factor = 2.0;
   MoELayer layer(o);
   const at::Tensor x = at::randn({c.T, c.D});
   layer->eval();

@@ -13,7 +13,7 @@ TEST(AdamW, MatchesTheFormulaInFloat64) {
   const AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
   at::Tensor w = at::tensor({0.5f, -1.0f, 2.0f, 0.25f}).view({2, 2}).requires_grad_(true);
   at::Tensor norm = at::tensor({1.0f, 3.0f}).requires_grad_(true);  // 1-D: no weight decay
-  AdamW adam({w, norm}, o);
+  AdamW adam({{"w", w}, {"norm", norm}}, o);
   std::vector<double> pw = {0.5, -1.0, 2.0, 0.25}, pn = {1.0, 3.0}, mw(4), vw(4), mn(2), vn(2);
   const double lrs[2] = {0.01, 0.005};
   for (int t = 1; t <= 2; ++t) {
@@ -47,15 +47,20 @@ TEST(LearningRate, WarmupThenCosine) {
   EXPECT_DOUBLE_EQ(learning_rate(5, 100, 0, 1e-3, 1e-4), 1e-4 + 0.5 * 9e-4 * (1 + std::cos(M_PI * 5 / 100)));
 }
 
+// A replicated parameter and an expert shard, as the model's records.
+ParameterList records(const at::Tensor& replicated, const at::Tensor& expert) {
+  return {{"dense", replicated}, {"experts", expert, Placement::kExpertSharded, 0, 0}};
+}
+
 TEST(GradNorm, CountsEveryParameterAndClipsToTheMaximum) {
   at::Tensor a = at::zeros({2}).requires_grad_(true), b = at::zeros({1}).requires_grad_(true);
   a.mutable_grad() = at::tensor({3.0f, 0.0f});
   b.mutable_grad() = at::tensor({4.0f});
-  const double norm = global_grad_norm({a}, {b}, nullptr);
+  const double norm = global_grad_norm(records(a, b), nullptr);
   EXPECT_DOUBLE_EQ(norm, 5.0);
-  clip_grads({a, b}, norm, 1.0);
-  EXPECT_NEAR(global_grad_norm({a}, {b}, nullptr), 1.0, 1e-6);
-  clip_grads({a, b}, 1.0, 2.0);  // under the maximum: untouched
+  clip_grads(records(a, b), norm, 1.0);
+  EXPECT_NEAR(global_grad_norm(records(a, b), nullptr), 1.0, 1e-6);
+  clip_grads(records(a, b), 1.0, 2.0);  // under the maximum: untouched
   EXPECT_NEAR(a.grad()[0].item<double>(), 0.6, 1e-6);
 }
 
@@ -71,7 +76,7 @@ TEST(GradNorm, MatchesAFloat64SumOverMillionsOfElements) {
     const float* v = flat.data_ptr<float>();
     for (int64_t i = 0; i < flat.numel(); ++i) expected += static_cast<double>(v[i]) * v[i];
   }
-  EXPECT_NEAR(global_grad_norm({a}, {b}, nullptr) / std::sqrt(expected), 1.0, 1e-7);
+  EXPECT_NEAR(global_grad_norm(records(a, b), nullptr) / std::sqrt(expected), 1.0, 1e-7);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "train/plan.h"
+#include "train/cli/plan.h"
 
 #include <gtest/gtest.h>
 
@@ -26,7 +26,7 @@ TEST(Plan, TotalParametersMatchTheBuiltModel) {
            {"moe.layer_freq=2", "moe.expert_type=gelu", "model.num_layers=4"},
            {"moe.num_experts=0"}}) {
     const Config c = small(overrides);
-    const Transformer model(c.transformer_options());
+    const Transformer model(c.model);
     EXPECT_EQ(make_plan(c, 1).total_params, numel(*model)) << overrides.size();
   }
 }

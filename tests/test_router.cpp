@@ -10,11 +10,13 @@
 namespace moe {
 namespace {
 
-RouterOptions tiny_options(int64_t E, int64_t K) {
-  RouterOptions o;
+TransformerOptions tiny_options(int64_t E, int64_t K) {
+  TransformerOptions o;
   o.hidden_size = 4;
-  o.num_experts = E;
-  o.top_k = K;
+  o.num_attention_heads = 2;
+  o.moe.router.num_experts = E;
+  o.moe.router.top_k = K;
+  o.moe.router.aux_loss_coeff = 0.0;
   return o;
 }
 
@@ -35,7 +37,7 @@ TEST(Router, AuxAndZLossMatchHandComputedValues) {
   // normalize_topk with k=1 makes the weight 1; without, it is the raw score 0.75.
   EXPECT_NEAR(r.probs_TK[0][0].item<double>(), 1.0, 1e-7);
   auto o = tiny_options(2, 1);
-  o.normalize_topk = false;
+  o.moe.router.normalize_topk = false;
   EXPECT_NEAR(Router(o)->route(logits, true).probs_TK[0][0].item<double>(), 0.75, 1e-7);
 }
 
@@ -48,8 +50,8 @@ TEST(Router, BalancedRoutingGivesAuxLossOne) {
 
 TEST(Router, LossIsCoefficientWeightedSum) {
   auto o = tiny_options(2, 1);
-  o.aux_loss_coeff = 0.01;
-  o.z_loss_coeff = 0.001;
+  o.moe.router.aux_loss_coeff = 0.01;
+  o.moe.router.z_loss_coeff = 0.001;
   const double l3 = std::log(3.0);
   const at::Tensor logits = at::tensor({0.0, l3, 0.0, l3}, at::kFloat).view({2, 2});
   const Routing r = Router(o)->route(logits, true);
@@ -80,9 +82,9 @@ TEST(Router, DropPoliciesKeepHighestGatesOrEarliestTokens) {
 
 TEST(Router, TrainAndEvalCapacityFactorsAreSeparate) {
   auto o = tiny_options(2, 1);
-  o.capacity_factor = 0.5;         // capacity 1 of 4 tokens
-  o.eval_capacity_factor = std::nullopt;  // dropless
-  o.normalize_topk = false;               // raw scores, so that the gates differ
+  o.moe.router.capacity_factor = 0.5;         // capacity 1 of 4 tokens
+  o.moe.router.eval_capacity_factor = std::nullopt;  // dropless
+  o.moe.router.normalize_topk = false;               // raw scores, so that the gates differ
   Router router(o);
   const at::Tensor logits = at::tensor({0.f, 1.f, 0.f, 2.f, 0.f, 3.f, 0.f, 4.f}).view({4, 2});
   const Routing train = router->route(logits, true);
@@ -97,9 +99,9 @@ TEST(Router, TrainAndEvalCapacityFactorsAreSeparate) {
 
 TEST(Router, ExpertBiasSteersSelectionButNotWeights) {
   auto o = tiny_options(3, 1);
-  o.bias_update_rate = 0.1;
-  o.normalize_topk = false;
-  o.score_function = ScoreFunction::kSigmoid;
+  o.moe.router.bias_update_rate = 0.1;
+  o.moe.router.normalize_topk = false;
+  o.moe.router.score_function = ScoreFunction::kSigmoid;
   Router router(o);
   const at::Tensor logits = at::tensor({2.0f, 1.0f, 0.0f}).view({1, 3});
   EXPECT_EQ(router->route(logits, true).expert_ids_TK.item<int64_t>(), 0);
@@ -111,7 +113,7 @@ TEST(Router, ExpertBiasSteersSelectionButNotWeights) {
 
 TEST(Router, BiasUpdateMovesAgainstLoadBySignTimesRate) {
   auto o = tiny_options(3, 1);
-  o.bias_update_rate = 0.001;
+  o.moe.router.bias_update_rate = 0.001;
   Router router(o);
   router->update_expert_bias(at::tensor({10, 2, 6}, at::kLong));  // mean 6
   EXPECT_NEAR(router->expert_bias[0].item<double>(), -0.001, 1e-9);  // overloaded: down
@@ -137,7 +139,7 @@ TEST(Router, NonFiniteLogitsAreAClearError) {
 
 TEST(Router, GateIsLinearInFloat32AndJitterOnlyInTraining) {
   auto o = tiny_options(3, 1);
-  o.jitter_eps = 0.1;
+  o.moe.router.jitter_eps = 0.1;
   Router router(o);
   const at::Tensor x = at::randn({6, 4}, at::kDouble);
   const at::Tensor expected = at::matmul(x, router->weight.to(at::kDouble).t());
@@ -155,7 +157,7 @@ TEST(Router, RejectsInvalidOptions) {
   o = tiny_options(4, 0);
   EXPECT_THROW(Router{o}, Error);
   o = tiny_options(4, 2);
-  o.capacity_factor = -1.0;
+  o.moe.router.capacity_factor = -1.0;
   EXPECT_THROW(Router{o}, Error);
 }
 

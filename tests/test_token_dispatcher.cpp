@@ -1,4 +1,4 @@
-#include "parallel/token_dispatcher.h"
+#include "core/token_dispatcher.h"
 
 #include <gtest/gtest.h>
 
@@ -48,12 +48,12 @@ void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, 
   const int me = world().rank();
   auto ep_group = world().split(me / ep, me % ep);
   const int ep_rank = ep_group->rank();
-  TokenDispatcher dispatcher(kE, ep_group.get(), check_splits);
-  const int64_t El = dispatcher.num_local_experts();
+  const auto dispatcher = make_token_dispatcher(ParallelDims(world().size(), me, ep, kE), ep_group.get(), check_splits);
+  const int64_t El = dispatcher->num_local_experts();
   ASSERT_EQ(El, kE / ep);
   const Routing routing = make_routing(me, T, keep);
   at::Tensor x = tokens_of(me, T).requires_grad_(true);
-  Dispatched d = dispatcher.dispatch(x, routing);
+  Dispatched d = dispatcher->dispatch(x, routing);
 
   int64_t row = 0;
   for (int64_t j = 0; j < El; ++j) {
@@ -76,7 +76,7 @@ void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, 
   }
   EXPECT_EQ(row, d.x_ND.size(0));
 
-  const at::Tensor y = dispatcher.combine(d.x_ND, d.handle);  // identity experts
+  const at::Tensor y = dispatcher->combine(d.x_ND, d.handle);  // identity experts
   at::Tensor kept_weight = routing.probs_TK.sum(1, true);
   EXPECT_TRUE(testing::close(y, x.detach() * kept_weight, 0, 1e-6));
   const at::Tensor g = at::randn({T, kD});
@@ -117,13 +117,13 @@ TEST(TokenDispatcher, OneRankSendsEverythingToOneRemoteExpert) {
   const int me = world().rank(), R = world().size();
   const int64_t T = 17;
   auto ep_group = world().split(0, me);
-  TokenDispatcher dispatcher(kE, ep_group.get(), /*check_splits=*/true);
+  const auto dispatcher = make_token_dispatcher(ParallelDims(R, me, R, kE), ep_group.get(), /*check_splits=*/true);
   Routing r;
   r.expert_ids_TK = at::full({T, 1}, kE - 1, at::kLong);
   r.keep_TK = at::full({T, 1}, me == 0, at::kBool);
   r.probs_TK = r.keep_TK.to(at::kFloat);
   at::Tensor x = tokens_of(me, T).requires_grad_(true);
-  Dispatched d = dispatcher.dispatch(x, r);
+  Dispatched d = dispatcher->dispatch(x, r);
   const int64_t El = kE / R;
   for (int64_t j = 0; j < El; ++j) {
     const bool hot = me == R - 1 && j == El - 1;
@@ -132,7 +132,7 @@ TEST(TokenDispatcher, OneRankSendsEverythingToOneRemoteExpert) {
   if (me == R - 1) {
     EXPECT_TRUE(testing::close(d.x_ND, tokens_of(0, T), 0));
   }
-  const at::Tensor y = dispatcher.combine(d.x_ND * 2.0, d.handle);
+  const at::Tensor y = dispatcher->combine(d.x_ND * 2.0, d.handle);
   EXPECT_TRUE(testing::close(y, me == 0 ? x.detach() * 2.0 : at::zeros({T, kD}), 0));
   y.sum().backward();
   EXPECT_TRUE(testing::close(x.grad(), at::full({T, kD}, me == 0 ? 2.0 : 0.0), 0));
@@ -142,14 +142,15 @@ TEST(TokenDispatcher, CheckSplitsReportsRanksOutOfStep) {
   const int me = world().rank(), R = world().size();
   if (R == 1) GTEST_SKIP() << "needs two ranks";
   auto ep_group = world().split(0, me);
-  TokenDispatcher a(kE, ep_group.get(), true), b(kE, ep_group.get(), true);
+  const auto a = make_token_dispatcher(ParallelDims(R, me, R, kE), ep_group.get(), true);
+  const auto b = make_token_dispatcher(ParallelDims(R, me, R, kE), ep_group.get(), true);
   const Routing routing = make_routing(me, 5, [](int, int64_t, int64_t) { return true; });
   const at::Tensor x = tokens_of(me, 5);
   // Rank 0 runs its first exchange on `a`, the others on `b`: the collectives still pair up.
-  (me == 0 ? a : b).dispatch(x, routing);
+  (me == 0 ? a : b)->dispatch(x, routing);
   // Now rank 0's `a` is at exchange #1 and everyone else's at #0: all ranks must refuse, none hang.
   try {
-    a.dispatch(x, routing);
+    a->dispatch(x, routing);
     ADD_FAILURE() << "expected moe::Error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("ran different numbers of MoE layers"), std::string::npos) << e.what();

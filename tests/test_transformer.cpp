@@ -69,7 +69,7 @@ TEST(Rope, DotProductsDependOnlyOnRelativePosition) {
 at::Tensor naive_attention(const at::Tensor& x, Attention& attn, const at::Tensor& wq, const at::Tensor& wk,
                            const at::Tensor& wv, const at::Tensor& wo) {
   const auto& o = attn->options();
-  const int64_t B = x.size(0), S = x.size(1), H = o.num_heads, KV = o.num_kv_heads, hd = attn->head_dim();
+  const int64_t B = x.size(0), S = x.size(1), H = o.num_attention_heads, KV = o.kv_heads(), hd = attn->head_dim();
   const at::Tensor q = naive_rope(at::matmul(x, wq.t()).view({B, S, H, hd}), o.rope_theta);
   const at::Tensor k = naive_rope(at::matmul(x, wk.t()).view({B, S, KV, hd}), o.rope_theta);
   const at::Tensor v = at::matmul(x, wv.t()).view({B, S, KV, hd});
@@ -95,9 +95,9 @@ at::Tensor naive_attention(const at::Tensor& x, Attention& attn, const at::Tenso
 
 TEST(Attention, CausalGqaMatchesFloat64LoopWithGradients) {
   at::manual_seed(4);
-  AttentionOptions o;
+  TransformerOptions o;
   o.hidden_size = 16;
-  o.num_heads = 4;
+  o.num_attention_heads = 4;
   o.num_kv_heads = 2;
   o.rope_theta = 1000.0;
   o.init_std = 0.3;
@@ -121,9 +121,9 @@ TEST(Attention, CausalGqaMatchesFloat64LoopWithGradients) {
 
 TEST(Attention, FutureTokensDoNotChangeThePast) {
   at::manual_seed(5);
-  AttentionOptions o;
+  TransformerOptions o;
   o.hidden_size = 8;
-  o.num_heads = 2;
+  o.num_attention_heads = 2;
   o.num_kv_heads = 1;
   Attention attn(o);
   at::Tensor x = at::randn({1, 6, 8});
@@ -133,12 +133,12 @@ TEST(Attention, FutureTokensDoNotChangeThePast) {
 }
 
 TEST(Attention, RejectsHeadsThatDoNotDivide) {
-  AttentionOptions o;
+  TransformerOptions o;
   o.hidden_size = 16;
-  o.num_heads = 3;
+  o.num_attention_heads = 3;
   o.num_kv_heads = 1;
   EXPECT_THROW(Attention{o}, Error);
-  o.num_heads = 4;
+  o.num_attention_heads = 4;
   o.num_kv_heads = 3;
   EXPECT_THROW(Attention{o}, Error);
 }

@@ -9,7 +9,7 @@
 #include <cstring>
 
 #include "core/check.h"
-#include "train/tokenizer.h"
+#include "train/cli/tokenizer.h"
 
 namespace moe {
 namespace {

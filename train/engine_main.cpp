@@ -1,5 +1,5 @@
 // `moe-engine`: the commands of moe that need libtorch (train, eval, export, checkpoint verify); `moe`
-// execs it with the same arguments (train/cli.h). Library code throws moe::Error; this is the one place
+// execs it with the same arguments (train/cli/cli.h). Library code throws moe::Error; this is the one place
 // that catches, logs (with the rank) and turns it into an exit code (2: bad input, 1: anything else). A
 // failure that not every rank saw aborts the whole job, so no peer waits forever in a collective.
 #include <spdlog/spdlog.h>
@@ -7,16 +7,18 @@
 #include <exception>
 #include <functional>
 #include <iostream>
+#include <memory>
 
 #include <c10/util/Exception.h>
 
 #include "core/check.h"
 #include "core/host_memory.h"
 #include "parallel/mpi_communicator.h"
-#include "train/checkpoint.h"
-#include "train/cli.h"
-#include "train/config.h"
-#include "train/export.h"
+#include "train/checkpoint/checkpoint.h"
+#include "train/cli/cli.h"
+#include "train/cli/config.h"
+#include "train/checkpoint/export.h"
+#include "train/evaluation.h"
 #include "train/trainer.h"
 
 namespace {
@@ -28,7 +30,8 @@ std::string message_of(const std::exception& e) {
 }
 
 // Runs `body` on every rank of an MPI job (it may be one process without mpirun), with the error
-// handling of the header comment.
+// handling of the header comment. Every run starts on MPI's world, which agrees on inputs and errors;
+// the collectives of training and evaluation run on the config's backend, from make_communicator.
 int run_mpi(int* argc, char*** argv, const std::function<int(moe::Communicator&)>& body) {
   moe::MpiSession mpi(argc, argv);
   moe::MpiCommunicator world(MPI_COMM_WORLD);
@@ -57,8 +60,12 @@ int main(int argc, char** argv) {
     case moe::Command::kTrain:
       return run_mpi(&argc, &argv, [&](moe::Communicator& world) {
         moe::Config config;
-        moe::all_ranks_succeed(world, [&] { config = moe::load_config(cl.config_path, cl.sets, world.size()); });
-        moe::Trainer trainer(config, world, cl.resume);
+        std::unique_ptr<moe::Communicator> comm;
+        moe::all_ranks_succeed(world, [&] {
+          config = moe::load_config(cl.config_path, cl.sets, world.size());
+          comm = moe::make_communicator(config.parallel.backend);
+        });
+        moe::Trainer trainer(config, *comm, cl.resume);
         const double loss = trainer.train();
         if (trainer.stopped_by() != 0) return 128 + trainer.stopped_by();
         spdlog::info("done: validation loss {:.4f} (nats per token) after {} steps; run directory {}", loss,

@@ -6,8 +6,8 @@
 
 namespace moe {
 
-AdamW::AdamW(std::vector<at::Tensor> params, const AdamWOptions& options)
-    : params_(std::move(params)), options_(options) {
+AdamW::AdamW(const ParameterList& params, const AdamWOptions& options) : options_(options) {
+  for (const ParameterRecord& r : params) params_.push_back(r.tensor);
   for (const at::Tensor& p : params_) {
     exp_avg_.push_back(at::zeros_like(p));
     exp_avg_sq_.push_back(at::zeros_like(p));
@@ -41,28 +41,32 @@ double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, do
 }
 
 namespace {
-double sum_of_squares(const std::vector<at::Tensor>& params) {
+
+// The sum of squared gradients of the records that are (or are not) expert shards.
+double sum_of_squares(const ParameterList& params, bool experts) {
   double total = 0;
-  for (const at::Tensor& p : params) {
-    if (p.grad().defined()) total += p.grad().to(at::kDouble).square().sum().item<double>();
+  for (const ParameterRecord& p : params) {
+    if (p.is_expert() == experts && p.tensor.grad().defined()) {
+      total += p.tensor.grad().to(at::kDouble).square().sum().item<double>();
+    }
   }
   return total;
 }
+
 }  // namespace
 
-double global_grad_norm(const std::vector<at::Tensor>& dense, const std::vector<at::Tensor>& experts,
-                        Communicator* ep_group) {
-  at::Tensor expert_sq = at::full({1}, sum_of_squares(experts), at::kDouble);
+double global_grad_norm(const ParameterList& params, Communicator* ep_group) {
+  at::Tensor expert_sq = at::full({1}, sum_of_squares(params, true), at::kDouble);
   if (ep_group && ep_group->size() > 1) ep_group->all_reduce(expert_sq, ReduceOp::kSum);
-  return std::sqrt(sum_of_squares(dense) + expert_sq.item<double>());
+  return std::sqrt(sum_of_squares(params, false) + expert_sq.item<double>());  // host sync: the norm
 }
 
-void clip_grads(const std::vector<at::Tensor>& params, double norm, double max_norm) {
+void clip_grads(const ParameterList& params, double norm, double max_norm) {
   if (max_norm <= 0 || !(norm > max_norm)) return;
   at::NoGradGuard no_grad;
   const double scale = max_norm / (norm + 1e-6);
-  for (const at::Tensor& p : params) {
-    if (p.grad().defined()) p.grad().mul_(scale);
+  for (const ParameterRecord& p : params) {
+    if (p.tensor.grad().defined()) p.tensor.grad().mul_(scale);
   }
 }
 

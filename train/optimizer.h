@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/parameter.h"
+#include "train/checkpoint/checkpoint_state.h"
 
 namespace moe {
 
@@ -20,13 +22,12 @@ class AdamW {
  public:
   // Parameters of fewer than 2 dimensions (norm weights) get no weight decay, as in Megatron and
   // nanoGPT. Buffers (the routers' expert bias) are not parameters and never reach here.
-  AdamW(std::vector<at::Tensor> params, const AdamWOptions& options);
+  AdamW(const ParameterList& params, const AdamWOptions& options);
   void step(double lr);
   int64_t steps() const { return step_; }
   void set_steps(int64_t steps) { step_ = steps; }  // when resuming
-  // State exposed for checkpoints: exp_avg and exp_avg_sq per parameter, in the constructor's order.
-  std::vector<at::Tensor>& exp_avg() { return exp_avg_; }
-  std::vector<at::Tensor>& exp_avg_sq() { return exp_avg_sq_; }
+  // The moments for checkpoints, "exp_avg" and "exp_avg_sq", one tensor per parameter record (live).
+  OptimizerState state() const { return {{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}}; }
 
  private:
   std::vector<at::Tensor> params_, exp_avg_, exp_avg_sq_;
@@ -39,13 +40,12 @@ class AdamW {
 // step. `step` counts from 1.
 double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, double lr, double min_lr);
 
-// The L2 norm of the gradient of the whole model, every parameter counted once: replicated (dense)
-// gradients are identical on every rank after synchronisation, so they are counted locally; each expert
-// shard is summed over the EP group (null: every expert is local). Collective over the EP group.
-double global_grad_norm(const std::vector<at::Tensor>& dense, const std::vector<at::Tensor>& experts,
-                        Communicator* ep_group);
+// The L2 norm of the gradient of the whole model, every parameter counted once: replicated gradients
+// are identical on every rank after synchronisation, so they are counted locally; each expert shard is
+// summed over the EP group (null: every expert is local). Collective over the EP group.
+double global_grad_norm(const ParameterList& params, Communicator* ep_group);
 
 // Scales every gradient by max_norm / norm when norm exceeds max_norm (max_norm 0: never).
-void clip_grads(const std::vector<at::Tensor>& params, double norm, double max_norm);
+void clip_grads(const ParameterList& params, double norm, double max_norm);
 
 }  // namespace moe

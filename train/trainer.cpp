@@ -11,6 +11,8 @@
 #include <fstream>
 
 #include "core/check.h"
+#include "train/checkpoint/checkpoint_state.h"
+#include "train/evaluation.h"
 
 namespace moe {
 namespace {
@@ -22,30 +24,13 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// "layers.3.moe.experts.w1" with global expert 5 -> "layers.3.moe.experts.5.w1".
-std::string expert_name(const std::string& name, int64_t expert) {
-  const size_t dot = name.rfind('.');
-  return name.substr(0, dot) + "." + std::to_string(expert) + name.substr(dot);
-}
-
 }  // namespace
-
-// One step's numbers, summed over this rank's micro-batches until report() reduces them over the world.
-// Layout of `sums` (float64): lm loss, aux loss, z loss, dropped, assignments, the stop signal (max over
-// ranks once reduced, so every rank agrees to stop), then per MoE layer the assignments per expert after
-// capacity (tokens_per_expert) and before it (routed, the balancing load).
-struct Trainer::StepStats {
-  at::Tensor sums;
-  double grad_norm = 0, lr = 0;
-};
-
-constexpr int64_t kCounts = 6;  // offset of the per-expert counts in StepStats::sums
 
 Trainer::Trainer(const Config& config, Communicator& world, const std::string& resume)
     : config_(config),
       world_(world),
       dims_(world.size(), world.rank(), static_cast<int>(config.parallel.expert_parallel_size),
-            config.moe.num_experts),
+            config.model.moe.router.num_experts),
       groups_(make_process_groups(world, dims_)) {
   const auto& t = config_.train;
   accumulation_ = config_.accumulation_steps(world.size());
@@ -67,27 +52,19 @@ Trainer::Trainer(const Config& config, Communicator& world, const std::string& r
     metrics_ = std::make_unique<MetricsLog>((dir / "metrics.jsonl").string(), -1);
   });
 
-  model_ = Transformer(config_.transformer_options(), groups_.ep.get(), &world_);
+  model_ = Transformer(config_.model, ExpertParallel{dims_, groups_.ep.get(), &world_});
   model_->init_weights(t.seed);
   // Router jitter draws from the global generator: the same run gives the same draws, ranks differ.
   at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1));
   moe_layers_ = model_->moe_layers();
-  dense_params_ = model_->dense_parameters();
-  expert_params_ = model_->expert_parameters();
-  all_params_ = dense_params_;
-  all_params_.insert(all_params_.end(), expert_params_.begin(), expert_params_.end());
-  for (bool experts : {false, true}) {  // the names in all_params_ order
-    for (const auto& item : model_->named_parameters()) {
-      if (is_expert_parameter(item.key()) == experts) all_names_.push_back(item.key());
-    }
-  }
-  grad_sync_ = std::make_unique<GradSync>(dense_params_, world_, expert_params_, groups_.edp.get());
+  params_ = model_->parameter_records();
+  grad_sync_ = std::make_unique<GradSync>(params_, world_, groups_.edp.get());
   AdamWOptions ao;
   ao.beta1 = t.beta1;
   ao.beta2 = t.beta2;
   ao.eps = t.adam_eps;
   ao.weight_decay = t.weight_decay;
-  optimizer_ = std::make_unique<AdamW>(all_params_, ao);
+  optimizer_ = std::make_unique<AdamW>(params_, ao);
 
   if (!resume.empty()) {
     all_ranks_succeed(world_, [&] {
@@ -114,8 +91,7 @@ Trainer::Trainer(const Config& config, Communicator& world, const std::string& r
   }
 
   int64_t total = 0, experts_local = 0;
-  for (const auto& p : dense_params_) total += p.numel();
-  for (const auto& p : expert_params_) experts_local += p.numel();
+  for (const ParameterRecord& p : params_) (p.is_expert() ? experts_local : total) += p.tensor.numel();
   spdlog::info("model: {} layers ({} MoE), {:.2f}M parameters on this rank ({:.2f}M in {} local experts per MoE layer)",
                config_.model.num_layers, moe_layers_.size(), (total + experts_local) / 1e6, experts_local / 1e6,
                dims_.num_local_experts);
@@ -139,8 +115,8 @@ double Trainer::train() {
     const double seconds = now_seconds() - start;
     elapsed_ += seconds;
     report(step, stats, seconds);
-    if (stats.sums[5].item<double>() > 0) {  // a rank got SIGTERM or SIGINT: save, then stop
-      stopped_by_ = static_cast<int>(stats.sums[5].item<double>());
+    if (stats.stop_signal > 0) {  // a rank got SIGTERM or SIGINT: save, then stop
+      stopped_by_ = stats.stop_signal;
       save(step);
       spdlog::warn("stopped by signal {} after step {}; continue with --resume latest", stopped_by_, step);
       return NAN;
@@ -161,33 +137,12 @@ double Trainer::train() {
   return val_loss;
 }
 
-CheckpointState model_checkpoint_state(Transformer& model, const std::vector<std::string>& names,
-                                       const std::vector<at::Tensor>& params, AdamW* optimizer) {
-  CheckpointState state;
-  // `t` is parameter `name` or its optimizer state, stored under prefix + name.
-  const auto add = [&](const std::string& prefix, const std::string& name, const at::Tensor& t) {
-    if (!is_expert_parameter(name)) {
-      state.replicated.emplace_back(prefix + name, t);
-      return;
-    }
-    const int64_t first = model->first_local_expert(name);
-    for (int64_t e = 0; e < t.size(0); ++e) state.experts.emplace_back(expert_name(prefix + name, first + e), t[e]);
-  };
-  for (size_t i = 0; i < params.size(); ++i) add("", names[i], params[i]);
-  if (optimizer) {
-    for (size_t i = 0; i < params.size(); ++i) {
-      add("exp_avg/", names[i], optimizer->exp_avg()[i]);
-      add("exp_avg_sq/", names[i], optimizer->exp_avg_sq()[i]);
-    }
-    state.optimizer_steps = optimizer->steps();
-  }
-  state.with_optimizer = optimizer != nullptr;
-  for (const auto& item : model->named_buffers()) state.replicated.emplace_back(item.key(), item.value());
-  return state;
-}
-
 CheckpointState Trainer::checkpoint_state() {
-  CheckpointState state = model_checkpoint_state(model_, all_names_, all_params_, optimizer_.get());
+  NamedTensors buffers;
+  for (const auto& item : model_->named_buffers()) buffers.emplace_back(item.key(), item.value());
+  const OptimizerState moments = optimizer_->state();
+  CheckpointState state = make_checkpoint_state(params_, buffers, &moments);
+  state.optimizer_steps = optimizer_->steps();
   state.rng_state = at::detail::getDefaultCPUGenerator().get_state();
   return state;
 }
@@ -201,16 +156,14 @@ void Trainer::save(int64_t step) {
   last_saved_ = step;
 }
 
-Trainer::StepStats Trainer::train_step(int64_t step) {
+StepStats Trainer::train_step(int64_t step) {
   const auto& t = config_.train;
-  const int64_t L = config_.data.seq_len, E = config_.moe.num_experts;
+  const int64_t L = config_.data.seq_len;
   const auto num_moe = static_cast<int64_t>(moe_layers_.size());
-  StepStats stats;
-  stats.sums = at::zeros({kCounts + 2 * num_moe * E}, at::kDouble);
-  double* sums = stats.sums.data_ptr<double>();
+  StepStats stats(num_moe, config_.model.moe.router.num_experts);
 
-  for (at::Tensor& p : all_params_) {
-    if (p.grad().defined()) p.mutable_grad().zero_();
+  for (const ParameterRecord& p : params_) {
+    if (p.tensor.grad().defined()) p.tensor.mutable_grad().zero_();
   }
   const std::vector<int64_t> offsets =
       batch_offsets(t.seed, step, t.global_batch_size, L, train_data_->size());
@@ -224,47 +177,41 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
     const at::Tensor loss = (lm_loss + out.router_loss) / static_cast<double>(accumulation_);
     loss.backward();
 
-    sums[0] += lm_loss.item<double>();
+    // Host syncs, once per micro-batch: the losses and counts reported for the step.
+    stats.lm_loss += lm_loss.item<double>();
     for (int64_t l = 0; l < num_moe; ++l) {
       const Routing& r = out.routings[l];
-      sums[1] += r.aux_loss.item<double>() / static_cast<double>(num_moe);
-      sums[2] += r.z_loss.item<double>() / static_cast<double>(num_moe);
-      sums[3] += static_cast<double>(r.num_dropped);
-      sums[4] += static_cast<double>(r.expert_ids_TK.numel());
-      stats.sums.narrow(0, kCounts + l * E, E).add_(r.tokens_per_expert_E);
-      stats.sums.narrow(0, kCounts + (num_moe + l) * E, E).add_(r.routed_per_expert_E);
+      stats.aux_loss += r.aux_loss.item<double>() / static_cast<double>(num_moe);
+      stats.z_loss += r.z_loss.item<double>() / static_cast<double>(num_moe);
+      stats.dropped += static_cast<double>(r.num_dropped);
+      stats.assignments += static_cast<double>(r.expert_ids_TK.numel());
+      stats.tokens_per_expert_LE[l].add_(r.tokens_per_expert_E);
+      stats.routed_per_expert_LE[l].add_(r.routed_per_expert_E);
     }
   }
-  MOE_CHECK(std::isfinite(sums[0]), "the training loss is not finite at step ", step,
+  MOE_CHECK(std::isfinite(stats.lm_loss), "the training loss is not finite at step ", step,
             " (lower train.lr or set train.grad_clip)");
 
   grad_sync_->sync();
-  stats.grad_norm = global_grad_norm(dense_params_, expert_params_, groups_.ep.get());
-  clip_grads(all_params_, stats.grad_norm, t.grad_clip);
+  stats.grad_norm = global_grad_norm(params_, groups_.ep.get());
+  clip_grads(params_, stats.grad_norm, t.grad_clip);
   stats.lr = learning_rate(step, t.steps, t.warmup_steps, t.lr, t.min_lr);
   optimizer_->step(stats.lr);
 
-  sums[5] = g_signal;
-  at::Tensor stop = stats.sums.narrow(0, 5, 1).clone();
-  world_.all_reduce(stats.sums, ReduceOp::kSum);
-  world_.all_reduce(stop, ReduceOp::kMax);
-  stats.sums[5] = stop[0];
+  stats.stop_signal = g_signal;
+  stats.all_reduce(world_);
   // Aux-loss-free balancing: every rank moves its bias by the loads of the whole global batch, so the
   // replicated routers stay identical.
-  for (int64_t l = 0; l < num_moe; ++l) {
-    moe_layers_[l]->router->update_expert_bias(stats.sums.narrow(0, kCounts + (num_moe + l) * E, E));
-  }
+  for (int64_t l = 0; l < num_moe; ++l) moe_layers_[l]->router->update_expert_bias(stats.routed_per_expert_LE[l]);
   return stats;
 }
 
 void Trainer::report(int64_t step, const StepStats& stats, double seconds) {
   const auto& t = config_.train;
-  const int64_t E = config_.moe.num_experts;
-  const auto num_moe = static_cast<int64_t>(moe_layers_.size());
-  const double* sums = stats.sums.data_ptr<double>();
   const double micro_batches = static_cast<double>(accumulation_ * world_.size());
-  const double loss = sums[0] / micro_batches, aux = sums[1] / micro_batches, z = sums[2] / micro_batches;
-  const double dropped = sums[4] > 0 ? sums[3] / sums[4] : 0.0;
+  const double loss = stats.lm_loss / micro_batches, aux = stats.aux_loss / micro_batches,
+               z = stats.z_loss / micro_batches;
+  const double dropped = stats.assignments > 0 ? stats.dropped / stats.assignments : 0.0;
   const double tokens_per_s = static_cast<double>(t.global_batch_size * config_.data.seq_len) / seconds;
   if (step % t.log_every == 0 || step == 1 || step == t.steps) {
     const double eta = elapsed_ / static_cast<double>(step) * static_cast<double>(t.steps - step);
@@ -275,10 +222,10 @@ void Trainer::report(int64_t step, const StepStats& stats, double seconds) {
   }
   if (!metrics_) return;
   nlohmann::json per_layer = nlohmann::json::array();
-  for (int64_t l = 0; l < num_moe; ++l) {
-    std::vector<int64_t> counts(E);
-    for (int64_t e = 0; e < E; ++e) counts[e] = std::llround(sums[kCounts + l * E + e]);
-    per_layer.push_back(counts);
+  const at::Tensor counts_LE = stats.tokens_per_expert_LE.round().to(at::kLong).contiguous();
+  for (int64_t l = 0; l < counts_LE.size(0); ++l) {
+    const int64_t* row = counts_LE[l].data_ptr<int64_t>();
+    per_layer.push_back(std::vector<int64_t>(row, row + counts_LE.size(1)));
   }
   metrics_->write({{"kind", "train"},
                    {"step", step},
@@ -296,75 +243,6 @@ double Trainer::evaluate() {
   const auto& t = config_.train;
   return evaluate_windows(model_, *val_data_, eval_offsets(val_data_->size(), config_.data.seq_len, t.eval_windows),
                           config_.data.seq_len, t.micro_batch_size, world_);
-}
-
-double evaluate_windows(Transformer& model, const TokenFile& file, const std::vector<int64_t>& offsets,
-                        int64_t L, int64_t B, Communicator& world) {
-  const auto n = static_cast<int64_t>(offsets.size());
-  const int64_t W = world.size();
-  // Every rank runs the same number of forwards (the all-to-alls of EP pair them up); windows past the
-  // end repeat the last one and weigh 0.
-  const int64_t rounds = (n + W * B - 1) / (W * B);
-  at::Tensor totals = at::zeros({2}, at::kDouble);  // summed loss, tokens
-  const bool was_training = model->is_training();
-  model->eval();
-  {
-    at::NoGradGuard no_grad;
-    for (int64_t round = 0; round < rounds; ++round) {
-      std::vector<int64_t> chosen(B);
-      at::Tensor weight = at::zeros({B, 1}, at::kFloat);
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t i = round * W * B + world.rank() * B + b;
-        chosen[b] = offsets[std::min(i, n - 1)];
-        if (i < n) weight[b][0] = 1.0;
-      }
-      const at::Tensor windows = file.windows(chosen, L + 1);
-      const at::Tensor logits = model->forward(windows.narrow(1, 0, L)).logits;
-      const at::Tensor per_token =
-          at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), windows.narrow(1, 1, L).reshape({-1}),
-                                 {}, at::Reduction::None)
-              .view({B, L});
-      totals[0] += (per_token.to(at::kDouble) * weight.to(at::kDouble)).sum();
-      totals[1] += weight.sum().item<double>() * static_cast<double>(L);
-    }
-  }
-  model->train(was_training);
-  world.all_reduce(totals, ReduceOp::kSum);
-  return totals[0].item<double>() / totals[1].item<double>();
-}
-
-EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
-                               Communicator& world) {
-  Config config;
-  std::unique_ptr<TokenFile> file;
-  all_ranks_succeed(world, [&] {
-    MOE_INPUT_CHECK(seq_len >= 1 && windows >= 1, "eval: --seq-len (", seq_len, ") and --windows (", windows,
-                    ") must be positive");
-    verify_checkpoint(dir);
-    config = load_config(dir + "/config.yaml", {}, 0);
-    const int64_t E = config.moe.num_experts;
-    MOE_INPUT_CHECK(E == 0 || E % world.size() == 0, "eval: the number of ranks (", world.size(),
-                    ") must divide moe.num_experts (", E, ") of ", dir, "/config.yaml");
-    config.parallel.expert_parallel_size = E > 0 ? world.size() : 1;
-    config.moe.capacity_factor.reset();  // dropless
-    config.moe.eval_capacity_factor.reset();
-    file = std::make_unique<TokenFile>(data, config.data.dtype, config.model.vocab_size, windows * seq_len + 1);
-  });
-  const ParallelDims dims(world.size(), world.rank(), static_cast<int>(config.parallel.expert_parallel_size),
-                          config.moe.num_experts);
-  const ProcessGroups groups = make_process_groups(world, dims);
-  Transformer model(config.transformer_options(), groups.ep.get(), &world);
-  std::vector<std::string> names;
-  std::vector<at::Tensor> params;
-  for (const auto& item : model->named_parameters()) {
-    names.push_back(item.key());
-    params.push_back(item.value());
-  }
-  CheckpointState state = model_checkpoint_state(model, names, params, nullptr);
-  all_ranks_succeed(world, [&] { load_checkpoint(dir, state, dims); });
-  std::vector<int64_t> offsets(windows);
-  for (int64_t i = 0; i < windows; ++i) offsets[i] = i * seq_len;
-  return {evaluate_windows(model, *file, offsets, seq_len, config.train.micro_batch_size, world), windows * seq_len};
 }
 
 }  // namespace moe

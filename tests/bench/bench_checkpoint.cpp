@@ -15,10 +15,11 @@
 
 #include "core/host_memory.h"
 #include "parallel/mpi_communicator.h"
-#include "train/checkpoint.h"
-#include "train/config.h"
+#include "train/checkpoint/checkpoint.h"
+#include "train/cli/config.h"
 #include "train/optimizer.h"
-#include "train/trainer.h"
+#include "core/transformer.h"
+#include "train/checkpoint/checkpoint_state.h"
 
 namespace {
 
@@ -61,18 +62,15 @@ int main(int argc, char** argv) {
   moe::MpiSession mpi(&argc, &argv);
   moe::MpiCommunicator world(MPI_COMM_WORLD);
   const moe::Config config = moe::load_config(config_path, {"parallel.expert_parallel_size=1"}, world.size());
-  const moe::ParallelDims dims(world.size(), world.rank(), 1, config.moe.num_experts);
-  moe::Transformer model(config.transformer_options());
-  std::vector<std::string> names;
-  std::vector<at::Tensor> params;
-  for (const auto& item : model->named_parameters()) {
-    names.push_back(item.key());
-    params.push_back(item.value());
-  }
-  moe::AdamW adam(params, {});
-  for (auto& m : adam.exp_avg()) m.normal_();
-  for (auto& v : adam.exp_avg_sq()) v.uniform_();
-  moe::CheckpointState state = moe::model_checkpoint_state(model, names, params, &adam);
+  const moe::ParallelDims dims(world.size(), world.rank(), 1, config.model.moe.router.num_experts);
+  moe::Transformer model(config.model);
+  moe::AdamW adam(model->parameter_records(), {});
+  const moe::OptimizerState moments = adam.state();
+  for (at::Tensor m : moments[0].second) m.normal_();   // exp_avg
+  for (at::Tensor v : moments[1].second) v.uniform_();  // exp_avg_sq: non-negative
+  moe::NamedTensors buffers;
+  for (const auto& item : model->named_buffers()) buffers.emplace_back(item.key(), item.value());
+  moe::CheckpointState state = moe::make_checkpoint_state(model->parameter_records(), buffers, &moments);
   state.rng_state = at::zeros({16}, at::kByte);
 
   std::filesystem::remove_all(dir);

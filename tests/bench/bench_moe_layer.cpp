@@ -81,16 +81,17 @@ int main(int argc, char** argv) {
     const moe::ParallelDims dims(R, me, R, experts);
     moe::ProcessGroups groups = moe::make_process_groups(world, dims);
 
-    moe::MoELayerOptions o;
-    o.router.hidden_size = hidden;
-    o.router.num_experts = experts;
-    o.router.top_k = top_k;
-    o.router.aux_loss_coeff = 0.01;
-    if (capacity != "null") o.router.capacity_factor = std::stod(capacity);
-    o.ffn_hidden_size = ffn;
-    o.expert_type = expert_type == "gelu" ? moe::ExpertType::kGELU : moe::ExpertType::kSwiGLU;
+    moe::TransformerOptions o;
+    o.hidden_size = hidden;
+    o.num_attention_heads = 1;
+    o.moe.router.num_experts = experts;
+    o.moe.router.top_k = top_k;
+    o.moe.router.aux_loss_coeff = 0.01;
+    if (capacity != "null") o.moe.router.capacity_factor = std::stod(capacity);
+    o.moe.ffn_hidden_size = ffn;
+    o.moe.expert_type = expert_type == "gelu" ? moe::ExpertType::kGELU : moe::ExpertType::kSwiGLU;
     at::manual_seed(1);
-    moe::MoELayer layer(o, groups.ep.get(), &world);
+    moe::MoELayer layer(o, moe::ExpertParallel{dims, groups.ep.get(), &world});
     at::manual_seed(100 + me);
     const at::Tensor x0 = at::randn({tokens, hidden});
     const at::Tensor g = at::randn({tokens, hidden});
@@ -141,7 +142,7 @@ int main(int argc, char** argv) {
 
     // Compute floor: the experts' GEMMs alone (forward 3, backward 6 for SwiGLU; 2 and 4 for GELU) on
     // the same per-expert token counts, into preallocated outputs.
-    const bool swiglu = o.expert_type == moe::ExpertType::kSwiGLU;
+    const bool swiglu = o.moe.expert_type == moe::ExpertType::kSwiGLU;
     struct ExpertBufs { at::Tensor x, h1, h3, h, y, dy, dh, dh1, dh3, dx, dw1, dw3, dw2; };
     std::vector<ExpertBufs> bufs;
     for (int64_t j = 0; j < El; ++j) {

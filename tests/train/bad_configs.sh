@@ -70,9 +70,9 @@ check zero_layers "FILE:2: model.num_layers must be at least 1, got 0" <<'Y'
 model:
   num_layers: 0
 Y
-check capacity_zero "FILE:2: moe.capacity_factor must be > 0 or null, got 0" <<'Y'
+check capacity_negative "FILE:2: moe.capacity_factor must be >= 0 or null, got -0.5" <<'Y'
 moe:
-  capacity_factor: 0
+  capacity_factor: -0.5
 Y
 check beta_one "FILE:2: train.beta2 must be >= 0 and < 1, got 1" <<'Y'
 train:
@@ -128,7 +128,7 @@ check dense_with_ep "FILE:2: parallel.expert_parallel_size (2) must be 1 for a d
 parallel:
   expert_parallel_size: 2
 Y
-check nccl_not_built "FILE:2: parallel.backend nccl: this moe was built without NCCL" <<'Y'
+check nccl_not_built "FILE:2: parallel.backend nccl: this moe was built without NCCL; mpi is the only backend" <<'Y'
 parallel:
   backend: nccl
 Y

@@ -1,4 +1,4 @@
-#include "train/export.h"
+#include "train/checkpoint/export.h"
 
 #include <spdlog/spdlog.h>
 
@@ -6,9 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
-#include "train/checkpoint.h"
-#include "train/config.h"
-#include "train/safetensors.h"
+#include "train/checkpoint/checkpoint.h"
+#include "train/checkpoint/checkpoint_state.h"
+#include "train/cli/config.h"
+#include "train/checkpoint/safetensors.h"
 
 namespace fs = std::filesystem;
 
@@ -16,17 +17,19 @@ namespace moe {
 namespace {
 
 // Why Mixtral cannot express this model, or "".
-std::string not_mixtral(const Config& c) {
-  const auto& m = c.moe;
-  if (m.num_experts == 0) return "it is a dense model (moe.num_experts 0)";
+std::string not_mixtral(const TransformerOptions& o) {
+  const MoEOptions& m = o.moe;
+  const RouterOptions& r = m.router;
+  if (!o.is_moe()) return "it is a dense model (moe.num_experts 0)";
   if (m.layer_freq != 1 || m.first_dense_layers != 0)
     return "it has dense FFN layers between MoE layers (moe.layer_freq " + std::to_string(m.layer_freq) +
            ", moe.first_dense_layers " + std::to_string(m.first_dense_layers) + "); every Mixtral layer is MoE";
   if (m.num_shared_experts != 0) return "it has shared experts (moe.num_shared_experts); Mixtral has none";
-  if (m.score_function != "softmax") return "its router scores are " + m.score_function + "; Mixtral's are softmax";
-  if (!m.normalize_topk) return "its top-k weights are not renormalised (moe.normalize_topk false); Mixtral's are";
-  if (m.expert_type != "swiglu") return "its experts are " + m.expert_type + "; Mixtral's are SwiGLU";
-  if (m.bias_update_rate > 0) return "its router selects with an aux-loss-free expert bias; Mixtral's has none";
+  if (r.score_function != ScoreFunction::kSoftmax)
+    return "its router scores are " + enum_name(r.score_function) + "; Mixtral's are softmax";
+  if (!r.normalize_topk) return "its top-k weights are not renormalised (moe.normalize_topk false); Mixtral's are";
+  if (m.expert_type != ExpertType::kSwiGLU) return "its experts are " + enum_name(m.expert_type) + "; Mixtral's are SwiGLU";
+  if (r.bias_update_rate > 0) return "its router selects with an aux-loss-free expert bias; Mixtral's has none";
   return "";
 }
 
@@ -42,7 +45,8 @@ int64_t export_huggingface(const std::string& checkpoint_dir, const std::string&
   for (int64_t j = 0; j < manifest["expert_parallel_size"].get<int64_t>(); ++j) inputs.insert(experts_file(j));
   std::map<std::string, Safetensors> files = verify_files(checkpoint_dir, manifest, inputs);
   const Config c = load_config(checkpoint_dir + "/config.yaml", {}, 0);
-  const std::string why = not_mixtral(c);
+  const TransformerOptions& o = c.model;
+  const std::string why = not_mixtral(o);
   MOE_INPUT_CHECK(why.empty(), "export: ", checkpoint_dir, " cannot be exported as Mixtral: ", why);
   const at::ScalarType dtype = options.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
 
@@ -58,7 +62,7 @@ int64_t export_huggingface(const std::string& checkpoint_dir, const std::string&
     out.emplace_back(name, t.to(dtype).contiguous());
   };
   put("model.embed_tokens.weight", take("embed_tokens"));
-  for (int64_t l = 0; l < c.model.num_layers; ++l) {
+  for (int64_t l = 0; l < o.num_layers; ++l) {
     const std::string ours = "layers." + std::to_string(l) + ".", hf = "model.layers." + std::to_string(l) + ".";
     put(hf + "input_layernorm.weight", take(ours + "input_layernorm.weight"));
     for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
@@ -66,13 +70,12 @@ int64_t export_huggingface(const std::string& checkpoint_dir, const std::string&
     }
     put(hf + "post_attention_layernorm.weight", take(ours + "post_attention_layernorm.weight"));
     put(hf + "block_sparse_moe.gate.weight", take(ours + "moe.router.weight"));
-    for (int64_t e = 0; e < c.moe.num_experts; ++e) {
-      const std::string src = ours + "moe.experts." + std::to_string(e) + ".";
+    for (int64_t e = 0; e < o.moe.router.num_experts; ++e) {
       const std::string dst = hf + "block_sparse_moe.experts." + std::to_string(e) + ".";
       // Ours multiply x @ w ([D, F]); nn.Linear stores [out, in] and computes x @ W^T.
-      put(dst + "w1.weight", take(src + "w1").t());
-      put(dst + "w2.weight", take(src + "w2").t());
-      put(dst + "w3.weight", take(src + "w3").t());
+      for (const char* w : {"w1", "w2", "w3"}) {
+        put(dst + w + ".weight", take(expert_tensor_name(ours + "moe.experts." + w, e)).t());
+      }
     }
   }
   put("model.norm.weight", take("norm.weight"));
@@ -109,24 +112,24 @@ int64_t export_huggingface(const std::string& checkpoint_dir, const std::string&
                     nlohmann::json({{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}}).dump(2) +
                         "\n");
   }
-  const auto& m = c.model;
+  const TransformerOptions& m = o;
   const nlohmann::json config = {
       {"architectures", {"MixtralForCausalLM"}},
       {"model_type", "mixtral"},
       {"vocab_size", m.vocab_size},
       {"hidden_size", m.hidden_size},
-      {"intermediate_size", c.moe.ffn_hidden_size},
+      {"intermediate_size", m.moe.ffn_hidden_size},
       {"num_hidden_layers", m.num_layers},
       {"num_attention_heads", m.num_attention_heads},
-      {"num_key_value_heads", m.num_kv_heads == 0 ? m.num_attention_heads : m.num_kv_heads},
-      {"head_dim", m.hidden_size / m.num_attention_heads},
+      {"num_key_value_heads", m.kv_heads()},
+      {"head_dim", m.head_dim()},
       {"hidden_act", "silu"},
       {"max_position_embeddings", m.max_seq_len},
       {"rms_norm_eps", m.norm_eps},
       {"rope_theta", m.rope_theta},
-      {"num_local_experts", c.moe.num_experts},
-      {"num_experts_per_tok", c.moe.top_k},
-      {"router_aux_loss_coef", c.moe.aux_loss_coeff},
+      {"num_local_experts", m.moe.router.num_experts},
+      {"num_experts_per_tok", m.moe.router.top_k},
+      {"router_aux_loss_coef", m.moe.router.aux_loss_coeff},
       {"output_router_logits", false},
       {"router_jitter_noise", 0.0},
       {"sliding_window", nullptr},

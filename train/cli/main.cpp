@@ -1,4 +1,4 @@
-// `moe`: the command line (train/cli.h). Plan and tokenize run here; the commands that need libtorch
+// `moe`: the command line (train/cli/cli.h). Plan and tokenize run here; the commands that need libtorch
 // are handed to moe-engine by exec, so this executable starts in milliseconds.
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -9,10 +9,10 @@
 #include <iostream>
 #include <string>
 
-#include "train/cli.h"
-#include "train/config.h"
-#include "train/plan.h"
-#include "train/tokenizer.h"
+#include "train/cli/cli.h"
+#include "train/cli/config.h"
+#include "train/cli/plan.h"
+#include "train/cli/tokenizer.h"
 
 namespace {
 

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "train/config.h"
+#include "train/cli/config.h"
 
 namespace moe {
 

@@ -1,4 +1,4 @@
-#include "train/tokenizer.h"
+#include "train/cli/tokenizer.h"
 
 #include <cerrno>
 #include <cstdio>

@@ -1,4 +1,4 @@
-#include "train/cli.h"
+#include "train/cli/cli.h"
 
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>

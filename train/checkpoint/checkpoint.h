@@ -23,7 +23,7 @@
 
 #include "parallel/communicator.h"
 #include "parallel/parallel_dims.h"
-#include "train/safetensors.h"
+#include "train/checkpoint/safetensors.h"
 
 namespace moe {
 

@@ -1,20 +1,19 @@
-#include "train/plan.h"
+#include "train/cli/plan.h"
 
 #include <cstdio>
 
 namespace moe {
 
 Plan make_plan(const Config& c, int world_size) {
-  const TransformerOptions o = c.transformer_options();
-  const int64_t D = c.model.hidden_size, V = c.model.vocab_size, H = o.attention.num_heads,
-                KV = o.attention.num_kv_heads, hd = D / H;
-  const int64_t E = c.moe.num_experts, K = c.moe.top_k, F = c.moe.ffn_hidden_size;
+  const TransformerOptions& o = c.model;
+  const int64_t D = o.hidden_size, V = o.vocab_size, H = o.num_attention_heads, KV = o.kv_heads(), hd = o.head_dim();
+  const int64_t E = o.moe.router.num_experts, K = o.moe.router.top_k, F = o.moe.ffn_hidden_size;
   const int64_t EP = c.parallel.expert_parallel_size;
-  const int64_t expert_matrices = c.moe.expert_type == "gelu" ? 2 : 3;
+  const int64_t expert_matrices = o.moe.expert_type == ExpertType::kGELU ? 2 : 3;
   const int64_t attention = 2 * D * H * hd + 2 * D * KV * hd + 2 * D;  // projections and the two norms
-  const int64_t dense_ffn = 3 * D * c.model.ffn_hidden_size;
+  const int64_t dense_ffn = 3 * D * o.ffn_hidden_size;
   const int64_t expert = expert_matrices * D * F;
-  const int64_t shared = c.moe.num_shared_experts * expert;
+  const int64_t shared = o.moe.num_shared_experts * expert;
   const int64_t outside = 2 * V * D + D;  // embedding, untied head, final norm
 
   Plan p;
@@ -24,7 +23,7 @@ Plan make_plan(const Config& c, int world_size) {
   // output and its projection, 3 x H x S for scores, mask and probabilities), the FFN (norm, routed copies
   // sent and received, SwiGLU's three F-wide buffers per copy), the logits and their log-softmax.
   int64_t floats_per_token = 2 * V;
-  for (int64_t l = 0; l < c.model.num_layers; ++l) {
+  for (int64_t l = 0; l < o.num_layers; ++l) {
     p.total_params += attention;
     p.active_params += attention;
     p.params_per_rank += attention;
@@ -34,12 +33,12 @@ Plan make_plan(const Config& c, int world_size) {
       p.total_params += E * D + E * expert + shared;
       p.active_params += E * D + K * expert + shared;
       p.params_per_rank += E * D + E / EP * expert + shared;
-      floats_per_token += 2 * D + E + K * (3 * D + expert_matrices * F) + c.moe.num_shared_experts * 3 * F;
+      floats_per_token += 2 * D + E + K * (3 * D + expert_matrices * F) + o.moe.num_shared_experts * 3 * F;
     } else {
       p.total_params += dense_ffn;
       p.active_params += dense_ffn;
       p.params_per_rank += dense_ffn;
-      floats_per_token += 2 * D + 3 * c.model.ffn_hidden_size;
+      floats_per_token += 2 * D + 3 * o.ffn_hidden_size;
     }
   }
   p.param_bytes = 4 * p.params_per_rank;

@@ -1,0 +1,40 @@
+#include "core/model_options.h"
+
+namespace moe {
+namespace {
+
+[[noreturn]] void fail(const char* key, const std::string& detail) { throw OptionError(key, detail); }
+
+std::string n(int64_t v) { return "(" + std::to_string(v) + ")"; }
+
+}  // namespace
+
+void validate(const TransformerOptions& o) {
+  RangeCheck check;
+  visit_model_options(o, check);
+  if (o.hidden_size % o.num_attention_heads != 0) {
+    fail("model.num_attention_heads", n(o.num_attention_heads) + " must divide model.hidden_size " + n(o.hidden_size));
+  }
+  if (o.num_attention_heads % o.kv_heads() != 0) {
+    fail("model.num_kv_heads", n(o.kv_heads()) + " must divide model.num_attention_heads " + n(o.num_attention_heads));
+  }
+  if (o.head_dim() % 2 != 0) {
+    fail("model.num_attention_heads",
+         "gives an odd head dimension " + n(o.head_dim()) + "; rotary embeddings need an even one");
+  }
+  if (!o.is_moe()) return;
+  const auto& e = o.moe;
+  if (e.router.top_k > e.router.num_experts) {
+    fail("moe.top_k", n(e.router.top_k) + " must not exceed moe.num_experts " + n(e.router.num_experts));
+  }
+  if (e.first_dense_layers >= o.num_layers) {
+    fail("moe.first_dense_layers", n(e.first_dense_layers) + " leaves no MoE layer in a model of " +
+                                       std::to_string(o.num_layers) + " layers");
+  }
+  if (o.num_layers / e.layer_freq <= e.first_dense_layers / e.layer_freq) {  // no multiple in (first, layers]
+    fail("moe.layer_freq",
+         n(e.layer_freq) + " leaves no MoE layer in a model of " + std::to_string(o.num_layers) + " layers");
+  }
+}
+
+}  // namespace moe

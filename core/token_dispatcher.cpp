@@ -1,0 +1,149 @@
+#include "core/token_dispatcher.h"
+
+#include <torch/autograd.h>
+
+#include "core/check.h"
+
+namespace moe {
+namespace {
+
+std::vector<int64_t> to_vector(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kLong).contiguous();
+  return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
+}
+
+at::Tensor exchange_rows(Communicator& comm, const at::Tensor& x, const std::vector<int64_t>& send_rows,
+                         const std::vector<int64_t>& recv_rows) {
+  int64_t total = 0;
+  for (int64_t n : recv_rows) total += n;
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape[0] = total;
+  at::Tensor out = at::empty(shape, x.options());
+  comm.all_to_all_v(x.contiguous(), send_rows, out, recv_rows);
+  return out;
+}
+
+// y = all_to_all_v(x) as an autograd function: its backward is the reverse exchange.
+class AllToAllV : public torch::autograd::Function<AllToAllV> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, Communicator* comm,
+                            std::vector<int64_t> send_rows, std::vector<int64_t> recv_rows) {
+    // saved_data holds IValues only; the communicator outlives every graph that uses it.
+    ctx->saved_data["comm"] = reinterpret_cast<int64_t>(comm);
+    ctx->saved_data["send"] = send_rows;
+    ctx->saved_data["recv"] = recv_rows;
+    return exchange_rows(*comm, x, send_rows, recv_rows);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* comm = reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
+    const at::Tensor dx = exchange_rows(*comm, grads[0], ctx->saved_data["recv"].toIntVector(),
+                                        ctx->saved_data["send"].toIntVector());
+    return {dx, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Routing& routing) {
+  ScopedPhase timer(times_, &PhaseTimes::permute);
+  Dispatched d;
+  d.handle.permutation = make_permutation(routing.expert_ids_TK, routing.keep_TK, num_experts_);
+  d.handle.probs_TK = routing.probs_TK;
+  d.x_ND = permute(x_TD, d.handle.permutation);
+  return d;
+}
+
+Dispatched LocalTokenDispatcher::dispatch(const at::Tensor& x_TD, const Routing& routing) {
+  Dispatched d = permute_tokens(x_TD, routing);
+  d.tokens_per_local_expert = to_vector(d.handle.permutation.tokens_per_expert_E);  // host sync: the GEMM sizes
+  return d;
+}
+
+at::Tensor LocalTokenDispatcher::combine(const at::Tensor& y_ND, const DispatchHandle& h) {
+  ScopedPhase timer(times_, &PhaseTimes::unpermute);
+  return unpermute(y_ND, h.permutation, h.probs_TK);
+}
+
+AllToAllTokenDispatcher::AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits)
+    : local_(dims.num_experts),
+      num_experts_(dims.num_experts),
+      num_local_experts_(dims.num_local_experts),
+      ep_group_(ep_group),
+      check_splits_(check_splits) {
+  MOE_CHECK(ep_group.size() == dims.ep_size && ep_group.rank() == dims.ep_rank, "token dispatcher: the EP group (rank ",
+            ep_group.rank(), " of ", ep_group.size(), ") does not match the parallel dims (EP rank ", dims.ep_rank,
+            " of ", dims.ep_size, ")");
+}
+
+at::Tensor AllToAllTokenDispatcher::exchange(const at::Tensor& x, const std::vector<int64_t>& send_rows,
+                                             const std::vector<int64_t>& recv_rows) {
+  const int64_t sequence = exchanges_++;
+  if (check_splits_) {
+    const int R = ep_group_.size(), me = ep_group_.rank();
+    std::vector<int64_t> mine = {sequence};
+    mine.insert(mine.end(), send_rows.begin(), send_rows.end());
+    const at::Tensor all = ep_group_.all_gather(at::tensor(mine, at::kLong));  // [R, 1 + R]
+    for (int r = 0; r < R; ++r) {
+      const int64_t seq_r = all[r][0].item<int64_t>(), sends_me = all[r][1 + me].item<int64_t>();
+      MOE_CHECK(seq_r == sequence, "token dispatcher: EP rank ", me, " is at exchange #", sequence,
+                " but EP rank ", r, " is at exchange #", seq_r, " (ranks ran different numbers of MoE layers)");
+      MOE_CHECK(sends_me == recv_rows[r], "token dispatcher: EP rank ", r, " sends ", sends_me,
+                " rows to EP rank ", me, ", which expects ", recv_rows[r], " (exchange #", sequence, ")");
+    }
+  }
+  return AllToAllV::apply(x, &ep_group_, send_rows, recv_rows);
+}
+
+Dispatched AllToAllTokenDispatcher::dispatch(const at::Tensor& x_TD, const Routing& routing) {
+  Dispatched d = local_.permute_tokens(x_TD, routing);
+  DispatchHandle& h = d.handle;
+  ScopedPhase timer(times_, &PhaseTimes::dispatch);
+  const int R = ep_group_.size();
+  const int64_t El = num_local_experts_;
+  // Counts first: row r of recv_counts_RL is how many rows rank r sends to each of our local experts.
+  const at::Tensor send_counts = h.permutation.tokens_per_expert_E.contiguous();
+  at::Tensor recv_counts_RL = at::empty({R, El}, send_counts.options());
+  at::Tensor recv_counts = recv_counts_RL.view({R * El, 1});
+  ep_group_.all_to_all_v(send_counts.view({num_experts_, 1}), std::vector<int64_t>(R, El), recv_counts,
+                         std::vector<int64_t>(R, El));
+  // Host syncs: the exchange's split sizes and the local experts' GEMM sizes.
+  h.send_rows = to_vector(send_counts.view({R, El}).sum(1));
+  h.recv_rows = to_vector(recv_counts_RL.sum(1));
+  d.tokens_per_local_expert = to_vector(recv_counts_RL.sum(0));
+  const at::Tensor x_recv = exchange(d.x_ND, h.send_rows, h.recv_rows);
+  if (El == 1) {
+    d.x_ND = x_recv;
+    return d;
+  }
+  // Chunk (r, j) of the received rows moves to position (j, r): rows grouped by local expert.
+  const at::Tensor sizes = recv_counts_RL.reshape({-1});
+  const at::Tensor src_start = (sizes.cumsum(0) - sizes).view({R, El}).t().reshape({-1});
+  const at::Tensor sizes_JR = recv_counts_RL.t().reshape({-1});
+  const at::Tensor dst_start = sizes_JR.cumsum(0) - sizes_JR;
+  const int64_t N = x_recv.size(0);
+  h.regroup_idx = at::arange(N, sizes.options()) + at::repeat_interleave(src_start - dst_start, sizes_JR, 0, N);
+  h.ungroup_idx = at::empty_like(h.regroup_idx).index_put_({h.regroup_idx}, at::arange(N, sizes.options()));
+  d.x_ND = x_recv.index_select(0, h.regroup_idx);
+  return d;
+}
+
+at::Tensor AllToAllTokenDispatcher::combine(const at::Tensor& y_ND, const DispatchHandle& h) {
+  at::Tensor y_sorted;
+  {
+    ScopedPhase timer(times_, &PhaseTimes::combine);
+    const at::Tensor y_recv = h.ungroup_idx.defined() ? y_ND.index_select(0, h.ungroup_idx) : y_ND;
+    y_sorted = exchange(y_recv, h.recv_rows, h.send_rows);
+  }
+  return local_.combine(y_sorted, h);
+}
+
+std::unique_ptr<TokenDispatcher> make_token_dispatcher(const ParallelDims& dims, Communicator* ep_group,
+                                                       bool check_splits) {
+  if (dims.ep_size == 1) return std::make_unique<LocalTokenDispatcher>(dims.num_experts);
+  MOE_CHECK(ep_group != nullptr, "token dispatcher: expert parallel size ", dims.ep_size, " needs an EP group");
+  return std::make_unique<AllToAllTokenDispatcher>(dims, *ep_group, check_splits);
+}
+
+}  // namespace moe

@@ -1,0 +1,99 @@
+#pragma once
+// Token dispatch: takes a rank's tokens to the experts routing chose, and brings the results back.
+//
+// The local steps run on every rank: dispatch permutes the kept assignments into one buffer grouped by
+// expert; combine unpermutes, weights by the gates and sums over k. LocalTokenDispatcher is those steps
+// alone: the whole path when every expert is on this rank (EP = 1). AllToAllTokenDispatcher runs the
+// same local steps and, between them, the exchanges: dispatch sends per-expert counts (an all-to-all of
+// counts), then the rows (all-to-all-v), and regroups what arrived (by source rank, then local expert) by
+// local expert; combine undoes each step in reverse. Both exchanges are autograd functions whose
+// backward is the reverse exchange. Capacity has already been applied by the router on this (sending)
+// rank, as GShard and Megatron do. The models: Megatron's MoEAlltoAllTokenDispatcher
+// (preprocess, exchange, postprocess) and torchtitan's LocalTokenDispatcher / all-to-all dispatcher.
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <vector>
+
+#include "core/permute.h"
+#include "core/phase_times.h"
+#include "core/router.h"
+#include "parallel/communicator.h"
+#include "parallel/parallel_dims.h"
+
+namespace moe {
+
+// What dispatch() did, which combine() needs to undo it (as DeepEP's handle).
+struct DispatchHandle {
+  Permutation permutation;         // this rank's assignments grouped by global expert
+  at::Tensor probs_TK;             // gate weights applied by combine
+  // Set by the all-to-all dispatcher only:
+  std::vector<int64_t> send_rows;  // rows sent to each EP rank
+  std::vector<int64_t> recv_rows;  // rows received from each EP rank
+  at::Tensor regroup_idx, ungroup_idx;  // received order <-> local-expert order (undefined: identity)
+};
+
+struct Dispatched {
+  at::Tensor x_ND;                               // rows grouped by local expert
+  std::vector<int64_t> tokens_per_local_expert;  // rows per local expert, in order
+  DispatchHandle handle;
+};
+
+class TokenDispatcher {
+ public:
+  virtual ~TokenDispatcher() = default;
+  virtual Dispatched dispatch(const at::Tensor& x_TD, const Routing& routing) = 0;
+  // y_ND in the order dispatch() produced -> y_TD, weighted by the gates and summed over k.
+  virtual at::Tensor combine(const at::Tensor& y_ND, const DispatchHandle& handle) = 0;
+  virtual int64_t num_local_experts() const = 0;
+  virtual void set_phase_times(PhaseTimes* times) { times_ = times; }
+
+ protected:
+  PhaseTimes* times_ = nullptr;
+};
+
+// The local steps alone: every one of num_experts experts is on this rank.
+class LocalTokenDispatcher : public TokenDispatcher {
+ public:
+  explicit LocalTokenDispatcher(int64_t num_experts) : num_experts_(num_experts) {}
+  Dispatched dispatch(const at::Tensor& x_TD, const Routing& routing) override;
+  at::Tensor combine(const at::Tensor& y_ND, const DispatchHandle& handle) override;
+  int64_t num_local_experts() const override { return num_experts_; }
+  // dispatch() without the per-expert row counts on the host, which an exchange replaces by its own.
+  Dispatched permute_tokens(const at::Tensor& x_TD, const Routing& routing);
+
+ private:
+  int64_t num_experts_;
+};
+
+// The local steps around the exchanges over an expert-parallel group of more than one rank; this rank
+// owns the experts of its ParallelDims shard. check_splits (a debug option) cross-checks the split sizes
+// and the exchange sequence between ranks before each exchange of rows, in dispatch and in combine, and
+// throws on a mismatch naming both ranks, instead of hanging or exchanging garbage.
+class AllToAllTokenDispatcher : public TokenDispatcher {
+ public:
+  AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits);
+  Dispatched dispatch(const at::Tensor& x_TD, const Routing& routing) override;
+  at::Tensor combine(const at::Tensor& y_ND, const DispatchHandle& handle) override;
+  int64_t num_local_experts() const override { return num_local_experts_; }
+  void set_phase_times(PhaseTimes* times) override {
+    times_ = times;
+    local_.set_phase_times(times);
+  }
+
+ private:
+  at::Tensor exchange(const at::Tensor& x, const std::vector<int64_t>& send_rows,
+                      const std::vector<int64_t>& recv_rows);
+
+  LocalTokenDispatcher local_;  // permute and unpermute over all experts (global ids)
+  int64_t num_experts_, num_local_experts_;
+  Communicator& ep_group_;
+  bool check_splits_;
+  int64_t exchanges_ = 0;  // exchanges of rows so far, for check_splits
+};
+
+// The dispatcher for this rank's shard: local when its EP group has one rank (ep_group may then be null).
+std::unique_ptr<TokenDispatcher> make_token_dispatcher(const ParallelDims& dims, Communicator* ep_group,
+                                                       bool check_splits);
+
+}  // namespace moe

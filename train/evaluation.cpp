@@ -1,0 +1,80 @@
+#include "train/evaluation.h"
+
+#include <memory>
+
+#include "core/check.h"
+#include "parallel/parallel_dims.h"
+#include "train/checkpoint/checkpoint.h"
+#include "train/checkpoint/checkpoint_state.h"
+#include "train/cli/config.h"
+
+namespace moe {
+
+double evaluate_windows(Transformer& model, const TokenFile& file, const std::vector<int64_t>& offsets,
+                        int64_t L, int64_t B, Communicator& world) {
+  const auto n = static_cast<int64_t>(offsets.size());
+  const int64_t W = world.size();
+  // Every rank runs the same number of forwards (the all-to-alls of EP pair them up); windows past the
+  // end repeat the last one and weigh 0.
+  const int64_t rounds = (n + W * B - 1) / (W * B);
+  at::Tensor totals = at::zeros({2}, at::kDouble);  // summed loss, tokens
+  const bool was_training = model->is_training();
+  model->eval();
+  {
+    at::NoGradGuard no_grad;
+    for (int64_t round = 0; round < rounds; ++round) {
+      std::vector<int64_t> chosen(B);
+      at::Tensor weight = at::zeros({B, 1}, at::kFloat);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t i = round * W * B + world.rank() * B + b;
+        chosen[b] = offsets[std::min(i, n - 1)];
+        if (i < n) weight[b][0] = 1.0;
+      }
+      const at::Tensor windows = file.windows(chosen, L + 1);
+      const at::Tensor logits = model->forward(windows.narrow(1, 0, L)).logits;
+      const at::Tensor per_token =
+          at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), windows.narrow(1, 1, L).reshape({-1}),
+                                 {}, at::Reduction::None)
+              .view({B, L});
+      totals[0] += (per_token.to(at::kDouble) * weight.to(at::kDouble)).sum();
+      totals[1] += weight.sum().item<double>() * static_cast<double>(L);
+    }
+  }
+  model->train(was_training);
+  world.all_reduce(totals, ReduceOp::kSum);
+  return totals[0].item<double>() / totals[1].item<double>();
+}
+
+EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
+                               Communicator& world) {
+  Config config;
+  std::unique_ptr<TokenFile> file;
+  std::unique_ptr<Communicator> comm;  // the checkpoint's backend; `world` (MPI) agrees on the inputs
+  all_ranks_succeed(world, [&] {
+    MOE_INPUT_CHECK(seq_len >= 1 && windows >= 1, "eval: --seq-len (", seq_len, ") and --windows (", windows,
+                    ") must be positive");
+    verify_checkpoint(dir);
+    config = load_config(dir + "/config.yaml", {}, 0);
+    const int64_t E = config.model.moe.router.num_experts;
+    MOE_INPUT_CHECK(E == 0 || E % world.size() == 0, "eval: the number of ranks (", world.size(),
+                    ") must divide moe.num_experts (", E, ") of ", dir, "/config.yaml");
+    config.parallel.expert_parallel_size = E > 0 ? world.size() : 1;
+    config.model.moe.router.capacity_factor.reset();  // dropless
+    config.model.moe.router.eval_capacity_factor.reset();
+    file = std::make_unique<TokenFile>(data, config.data.dtype, config.model.vocab_size, windows * seq_len + 1);
+    comm = make_communicator(config.parallel.backend);
+  });
+  const ParallelDims dims(comm->size(), comm->rank(), static_cast<int>(config.parallel.expert_parallel_size),
+                          config.model.moe.router.num_experts);
+  const ProcessGroups groups = make_process_groups(*comm, dims);
+  Transformer model(config.model, ExpertParallel{dims, groups.ep.get(), comm.get()});
+  NamedTensors buffers;
+  for (const auto& item : model->named_buffers()) buffers.emplace_back(item.key(), item.value());
+  CheckpointState state = make_checkpoint_state(model->parameter_records(), buffers, nullptr);
+  all_ranks_succeed(world, [&] { load_checkpoint(dir, state, dims); });
+  std::vector<int64_t> offsets(windows);
+  for (int64_t i = 0; i < windows; ++i) offsets[i] = i * seq_len;
+  return {evaluate_windows(model, *file, offsets, seq_len, config.train.micro_batch_size, *comm), windows * seq_len};
+}
+
+}  // namespace moe

@@ -1,0 +1,30 @@
+#pragma once
+// Evaluation: the mean next-token loss of a model over windows of a token file, during training and as
+// `moe eval` of a checkpoint.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/transformer.h"
+#include "parallel/communicator.h"
+#include "train/data.h"
+
+namespace moe {
+
+// Mean next-token loss over windows of seq_len + 1 tokens at `offsets`, spread over the ranks in
+// micro-batches (every rank runs the same number of forwards, as EP needs), in eval mode. Collective.
+double evaluate_windows(Transformer& model, const TokenFile& file, const std::vector<int64_t>& offsets,
+                        int64_t seq_len, int64_t micro_batch_size, Communicator& world);
+
+struct EvalResult {
+  double loss = 0;     // mean next-token cross-entropy, nats
+  int64_t tokens = 0;  // predictions counted: windows x seq_len
+};
+
+// `moe eval`: the model of checkpoint `dir` (any saved layout; experts sharded over this world, which
+// must divide the number of experts), dropless, on windows i = 0 .. windows-1 of `data`, window i being
+// tokens [i * seq_len, i * seq_len + seq_len] (seq_len + 1 tokens). Collective.
+EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
+                               Communicator& world);
+
+}  // namespace moe
