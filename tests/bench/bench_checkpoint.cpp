@@ -14,12 +14,12 @@
 #include <filesystem>
 
 #include "core/host_memory.h"
+#include "core/transformer.h"
 #include "parallel/mpi_communicator.h"
 #include "train/checkpoint/checkpoint.h"
+#include "train/checkpoint/checkpoint_state.h"
 #include "train/cli/config.h"
 #include "train/optimizer.h"
-#include "core/transformer.h"
-#include "train/checkpoint/checkpoint_state.h"
 
 namespace {
 
