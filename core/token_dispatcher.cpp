@@ -67,10 +67,7 @@ at::Tensor LocalTokenDispatcher::combine(const at::Tensor& y_ND, const DispatchH
 }
 
 AllToAllTokenDispatcher::AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits)
-    : local_(dims.num_experts),
-      num_experts_(dims.num_experts),
-      num_local_experts_(dims.num_local_experts),
-      ep_group_(ep_group),
+    : dims_(dims), local_(dims.num_experts), ep_group_(ep_group),
       check_splits_(check_splits) {
   MOE_CHECK(ep_group.size() == dims.ep_size && ep_group.rank() == dims.ep_rank, "token dispatcher: the EP group (rank ",
             ep_group.rank(), " of ", ep_group.size(), ") does not match the parallel dims (EP rank ", dims.ep_rank,
@@ -101,12 +98,12 @@ Dispatched AllToAllTokenDispatcher::dispatch(const at::Tensor& x_TD, const Routi
   DispatchHandle& h = d.handle;
   ScopedPhase timer(times_, &PhaseTimes::dispatch);
   const int R = ep_group_.size();
-  const int64_t El = num_local_experts_;
+  const int64_t El = dims_.num_local_experts;
   // Counts first: row r of recv_counts_RL is how many rows rank r sends to each of our local experts.
   const at::Tensor send_counts = h.permutation.tokens_per_expert_E.contiguous();
   at::Tensor recv_counts_RL = at::empty({R, El}, send_counts.options());
   at::Tensor recv_counts = recv_counts_RL.view({R * El, 1});
-  ep_group_.all_to_all_v(send_counts.view({num_experts_, 1}), std::vector<int64_t>(R, El), recv_counts,
+  ep_group_.all_to_all_v(send_counts.view({dims_.num_experts, 1}), std::vector<int64_t>(R, El), recv_counts,
                          std::vector<int64_t>(R, El));
   // Host syncs: the exchange's split sizes and the local experts' GEMM sizes.
   h.send_rows = to_vector(send_counts.view({R, El}).sum(1));

@@ -75,7 +75,7 @@ class AllToAllTokenDispatcher : public TokenDispatcher {
   AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits);
   Dispatched dispatch(const at::Tensor& x_TD, const Routing& routing) override;
   at::Tensor combine(const at::Tensor& y_ND, const DispatchHandle& handle) override;
-  int64_t num_local_experts() const override { return num_local_experts_; }
+  int64_t num_local_experts() const override { return dims_.num_local_experts; }
   void set_phase_times(PhaseTimes* times) override {
     times_ = times;
     local_.set_phase_times(times);
@@ -85,8 +85,8 @@ class AllToAllTokenDispatcher : public TokenDispatcher {
   at::Tensor exchange(const at::Tensor& x, const std::vector<int64_t>& send_rows,
                       const std::vector<int64_t>& recv_rows);
 
+  ParallelDims dims_;           // this rank's shard: num_experts, num_local_experts
   LocalTokenDispatcher local_;  // permute and unpermute over all experts (global ids)
-  int64_t num_experts_, num_local_experts_;
   Communicator& ep_group_;
   bool check_splits_;
   int64_t exchanges_ = 0;  // exchanges of rows so far, for check_splits

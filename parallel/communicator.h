@@ -1,8 +1,8 @@
 #pragma once
 // Communicator: the only collective operations the rest of moe calls, on tensors. Backends live behind
 // it and are chosen by the config at run time through make_communicator (MPI for CPU tensors is the one
-// built today); every error names the backend, the operation and the rank. Operations are collective: every rank of the communicator
-// calls them in the same order.
+// built today); every error names the backend, the operation and the rank. Operations are collective:
+// every rank of the communicator calls them in the same order.
 #include <ATen/ATen.h>
 
 #include <functional>

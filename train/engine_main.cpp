@@ -15,9 +15,9 @@
 #include "core/host_memory.h"
 #include "parallel/mpi_communicator.h"
 #include "train/checkpoint/checkpoint.h"
+#include "train/checkpoint/export.h"
 #include "train/cli/cli.h"
 #include "train/cli/config.h"
-#include "train/checkpoint/export.h"
 #include "train/evaluation.h"
 #include "train/trainer.h"
 

@@ -68,9 +68,7 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, 
                           config.model.moe.router.num_experts);
   const ProcessGroups groups = make_process_groups(*comm, dims);
   Transformer model(config.model, ExpertParallel{dims, groups.ep.get(), comm.get()});
-  NamedTensors buffers;
-  for (const auto& item : model->named_buffers()) buffers.emplace_back(item.key(), item.value());
-  CheckpointState state = make_checkpoint_state(model->parameter_records(), buffers, nullptr);
+  CheckpointState state = make_checkpoint_state(model, nullptr);
   all_ranks_succeed(world, [&] { load_checkpoint(dir, state, dims); });
   std::vector<int64_t> offsets(windows);
   for (int64_t i = 0; i < windows; ++i) offsets[i] = i * seq_len;

@@ -57,14 +57,13 @@ Trainer::Trainer(const Config& config, Communicator& world, const std::string& r
   // Router jitter draws from the global generator: the same run gives the same draws, ranks differ.
   at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1));
   moe_layers_ = model_->moe_layers();
-  params_ = model_->parameter_records();
-  grad_sync_ = std::make_unique<GradSync>(params_, world_, groups_.edp.get());
+  grad_sync_ = std::make_unique<GradSync>(model_->parameter_records(), world_, groups_.edp.get());
   AdamWOptions ao;
   ao.beta1 = t.beta1;
   ao.beta2 = t.beta2;
   ao.eps = t.adam_eps;
   ao.weight_decay = t.weight_decay;
-  optimizer_ = std::make_unique<AdamW>(params_, ao);
+  optimizer_ = std::make_unique<AdamW>(model_->parameter_records(), ao);
 
   if (!resume.empty()) {
     all_ranks_succeed(world_, [&] {
@@ -91,7 +90,9 @@ Trainer::Trainer(const Config& config, Communicator& world, const std::string& r
   }
 
   int64_t total = 0, experts_local = 0;
-  for (const ParameterRecord& p : params_) (p.is_expert() ? experts_local : total) += p.tensor.numel();
+  for (const ParameterRecord& p : model_->parameter_records()) {
+    (p.is_expert() ? experts_local : total) += p.tensor.numel();
+  }
   spdlog::info("model: {} layers ({} MoE), {:.2f}M parameters on this rank ({:.2f}M in {} local experts per MoE layer)",
                config_.model.num_layers, moe_layers_.size(), (total + experts_local) / 1e6, experts_local / 1e6,
                dims_.num_local_experts);
@@ -138,10 +139,8 @@ double Trainer::train() {
 }
 
 CheckpointState Trainer::checkpoint_state() {
-  NamedTensors buffers;
-  for (const auto& item : model_->named_buffers()) buffers.emplace_back(item.key(), item.value());
   const OptimizerState moments = optimizer_->state();
-  CheckpointState state = make_checkpoint_state(params_, buffers, &moments);
+  CheckpointState state = make_checkpoint_state(model_, &moments);
   state.optimizer_steps = optimizer_->steps();
   state.rng_state = at::detail::getDefaultCPUGenerator().get_state();
   return state;
@@ -161,8 +160,9 @@ StepStats Trainer::train_step(int64_t step) {
   const int64_t L = config_.data.seq_len;
   const auto num_moe = static_cast<int64_t>(moe_layers_.size());
   StepStats stats(num_moe, config_.model.moe.router.num_experts);
+  const ParameterList& params = model_->parameter_records();
 
-  for (const ParameterRecord& p : params_) {
+  for (const ParameterRecord& p : params) {
     if (p.tensor.grad().defined()) p.tensor.mutable_grad().zero_();
   }
   const std::vector<int64_t> offsets =
@@ -193,8 +193,8 @@ StepStats Trainer::train_step(int64_t step) {
             " (lower train.lr or set train.grad_clip)");
 
   grad_sync_->sync();
-  stats.grad_norm = global_grad_norm(params_, groups_.ep.get());
-  clip_grads(params_, stats.grad_norm, t.grad_clip);
+  stats.grad_norm = global_grad_norm(params, groups_.ep.get());
+  clip_grads(params, stats.grad_norm, t.grad_clip);
   stats.lr = learning_rate(step, t.steps, t.warmup_steps, t.lr, t.min_lr);
   optimizer_->step(stats.lr);
 

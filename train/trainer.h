@@ -57,7 +57,6 @@ class Trainer {
   ProcessGroups groups_;
   Transformer model_{nullptr};
   std::vector<MoELayer> moe_layers_;
-  ParameterList params_;  // the model's records
   std::unique_ptr<GradSync> grad_sync_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<TokenFile> train_data_, val_data_;

@@ -68,9 +68,7 @@ int main(int argc, char** argv) {
   const moe::OptimizerState moments = adam.state();
   for (at::Tensor m : moments[0].second) m.normal_();   // exp_avg
   for (at::Tensor v : moments[1].second) v.uniform_();  // exp_avg_sq: non-negative
-  moe::NamedTensors buffers;
-  for (const auto& item : model->named_buffers()) buffers.emplace_back(item.key(), item.value());
-  moe::CheckpointState state = moe::make_checkpoint_state(model->parameter_records(), buffers, &moments);
+  moe::CheckpointState state = moe::make_checkpoint_state(model, &moments);
   state.rng_state = at::zeros({16}, at::kByte);
 
   std::filesystem::remove_all(dir);

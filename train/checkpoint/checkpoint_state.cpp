@@ -9,8 +9,8 @@ std::string expert_tensor_name(const std::string& parameter_name, int64_t global
   return parameter_name.substr(0, dot) + "." + std::to_string(global_expert) + parameter_name.substr(dot);
 }
 
-CheckpointState make_checkpoint_state(const ParameterList& params, const NamedTensors& buffers,
-                                      const OptimizerState* optimizer) {
+CheckpointState make_checkpoint_state(const Transformer& model, const OptimizerState* optimizer) {
+  const ParameterList& params = model->parameter_records();
   CheckpointState state;
   // `t` belongs to parameter `p` (the parameter itself or its optimizer state), stored under prefix + name.
   const auto add = [&](const std::string& prefix, const ParameterRecord& p, const at::Tensor& t) {
@@ -33,7 +33,7 @@ CheckpointState make_checkpoint_state(const ParameterList& params, const NamedTe
     }
   }
   state.with_optimizer = optimizer != nullptr;
-  state.replicated.insert(state.replicated.end(), buffers.begin(), buffers.end());
+  for (const auto& item : model->named_buffers()) state.replicated.emplace_back(item.key(), item.value());
   return state;
 }
 

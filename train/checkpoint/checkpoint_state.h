@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/transformer.h"
 #include "parallel/parameter.h"
 #include "train/checkpoint/checkpoint.h"
 
@@ -24,9 +25,9 @@ using OptimizerState = std::vector<std::pair<std::string, std::vector<at::Tensor
 // "layers.3.moe.experts.w1" holding global expert 5 -> "layers.3.moe.experts.5.w1".
 std::string expert_tensor_name(const std::string& parameter_name, int64_t global_expert);
 
-// The live tensors of `params` (views, so a load writes straight into the model), of `optimizer` when
-// given (null: the model only; a load then skips the optimizer's tensors in the files), and `buffers`.
-CheckpointState make_checkpoint_state(const ParameterList& params, const NamedTensors& buffers,
-                                      const OptimizerState* optimizer);
+// The live tensors of the model's parameter records and buffers (views, so a load writes straight into
+// the model) and of `optimizer` when given (null: the model only; a load then skips the optimizer's
+// tensors in the files).
+CheckpointState make_checkpoint_state(const Transformer& model, const OptimizerState* optimizer);
 
 }  // namespace moe

@@ -8,8 +8,8 @@
 #include "core/check.h"
 #include "train/checkpoint/checkpoint.h"
 #include "train/checkpoint/checkpoint_state.h"
-#include "train/cli/config.h"
 #include "train/checkpoint/safetensors.h"
+#include "train/cli/config.h"
 
 namespace fs = std::filesystem;
 
@@ -28,7 +28,8 @@ std::string not_mixtral(const TransformerOptions& o) {
   if (r.score_function != ScoreFunction::kSoftmax)
     return "its router scores are " + enum_name(r.score_function) + "; Mixtral's are softmax";
   if (!r.normalize_topk) return "its top-k weights are not renormalised (moe.normalize_topk false); Mixtral's are";
-  if (m.expert_type != ExpertType::kSwiGLU) return "its experts are " + enum_name(m.expert_type) + "; Mixtral's are SwiGLU";
+  if (m.expert_type != ExpertType::kSwiGLU)
+    return "its experts are " + enum_name(m.expert_type) + "; Mixtral's are SwiGLU";
   if (r.bias_update_rate > 0) return "its router selects with an aux-loss-free expert bias; Mixtral's has none";
   return "";
 }

@@ -3,11 +3,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <cmath>
 #include <functional>
-#include <limits>
 #include <map>
-#include <sstream>
 
 #include "core/check.h"
 
@@ -177,13 +174,13 @@ void apply(const Schema& schema, Places& places, const std::string& key, const Y
   }
 }
 
-// Every range (the one RangeCheck over visit_config_options), the model's rules between keys
-// (validate), then what depends on the layout and the world size.
+// The model's ranges and rules (validate, as its modules run it), the job's ranges, then what depends on
+// the layout and the world size.
 void check_consistency(const Config& c, const Places& p, int world_size) {
   try {
-    RangeCheck check;
-    visit_config_options(c, check);
     validate(c.model);
+    RangeCheck check;
+    visit_job_options(c, check);
   } catch (const OptionError& e) {
     p.fail(e.key(), e.detail());
   }

@@ -58,13 +58,12 @@ struct Config {
   }
 };
 
-// Every key of the config with its field and range, in file order: the model's keys
-// (visit_model_options), then parallel, data, train and checkpoint. Visitors as there, plus
-// text(key, field), seed(key, field) and choice(key, string field, names).
+// The keys of the job's sections, parallel, data, train and checkpoint, with their fields and ranges.
+// Visitors as for visit_model_options, plus text(key, field), seed(key, field) and choice(key, string
+// field, names).
 template <typename C, typename Visitor>
-void visit_config_options(C& c, Visitor& v) {  // C: Config, const or not
+void visit_job_options(C& c, Visitor& v) {  // C: Config, const or not
   constexpr double kInf = std::numeric_limits<double>::infinity();
-  visit_model_options(c.model, v);
   v.integer("parallel.expert_parallel_size", c.parallel.expert_parallel_size, 1);
   v.choice("parallel.backend", c.parallel.backend);
   auto& d = c.data;
@@ -91,6 +90,13 @@ void visit_config_options(C& c, Visitor& v) {  // C: Config, const or not
   v.real("train.grad_clip", t.grad_clip, 0, true, kInf);
   v.integer("checkpoint.every", c.checkpoint.every, 0);
   v.integer("checkpoint.keep_last", c.checkpoint.keep_last, 0);
+}
+
+// Every key of the config, in file order: the model's, then the job's.
+template <typename C, typename Visitor>
+void visit_config_options(C& c, Visitor& v) {
+  visit_model_options(c.model, v);
+  visit_job_options(c, v);
 }
 
 // Reads `path`, applies each "key.path=value" override (the value parsed as YAML, so `null`, `1e-3` and
