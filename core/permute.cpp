@@ -4,7 +4,8 @@
 
 namespace moe {
 
-Permutation make_permutation(const at::Tensor& expert_ids_TK, const at::Tensor& keep_TK, int64_t num_experts) {
+Permutation make_permutation(const at::Tensor& expert_ids_TK, const at::Tensor& keep_TK, int64_t num_experts,
+                             std::optional<int64_t> num_kept) {
   MOE_CHECK(expert_ids_TK.sizes() == keep_TK.sizes(), "permute: expert ids ", expert_ids_TK.sizes(),
             " and keep mask ", keep_TK.sizes(), " differ in shape");
   at::NoGradGuard no_grad;
@@ -15,7 +16,7 @@ Permutation make_permutation(const at::Tensor& expert_ids_TK, const at::Tensor& 
   Permutation p;
   p.num_tokens = expert_ids_TK.size(0);
   p.tokens_per_expert_E = at::bincount(keys, {}, num_experts + 1).narrow(0, 0, num_experts);
-  p.slot_idx_N = order.narrow(0, 0, p.tokens_per_expert_E.sum().item<int64_t>());
+  p.slot_idx_N = order.narrow(0, 0, num_kept ? *num_kept : p.tokens_per_expert_E.sum().item<int64_t>());
   p.token_idx_N = p.slot_idx_N.div(K, "floor");
   return p;
 }

@@ -4,6 +4,8 @@
 // only: a stable sort and an index_select forward, a weighted index_add back.
 #include <ATen/ATen.h>
 
+#include <optional>
+
 namespace moe {
 
 struct Permutation {
@@ -13,8 +15,11 @@ struct Permutation {
   int64_t num_tokens = 0;          // T
 };
 
-// keep_TK (bool) masks out dropped assignments; experts are numbered 0..num_experts-1.
-Permutation make_permutation(const at::Tensor& expert_ids_TK, const at::Tensor& keep_TK, int64_t num_experts);
+// keep_TK (bool) masks out dropped assignments; experts are numbered 0..num_experts-1. `num_kept`, the
+// number of kept assignments, when the caller already holds it on the host (Routing::tokens_per_expert);
+// otherwise it is read back from the device (a host sync).
+Permutation make_permutation(const at::Tensor& expert_ids_TK, const at::Tensor& keep_TK, int64_t num_experts,
+                             std::optional<int64_t> num_kept = std::nullopt);
 // x_TD -> x_ND (rows grouped by expert).
 at::Tensor permute(const at::Tensor& x_TD, const Permutation& perm);
 // y_ND -> y_TD: y_TD[t] = sum over kept k of probs_TK[t, k] * y row of (t, k); dropped ones add nothing.

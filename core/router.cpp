@@ -58,11 +58,6 @@ Routing RouterImpl::route(const at::Tensor& logits_TE, bool training) const {
   MOE_CHECK(logits_TE.dim() == 2 && logits_TE.size(1) == o.num_experts, "router: logits must be [T, ",
             o.num_experts, "], got ", logits_TE.sizes());
   const int64_t T = logits_TE.size(0), E = o.num_experts, K = o.top_k;
-  {
-    const int64_t bad = at::isfinite(logits_TE).logical_not().any(1).sum().item<int64_t>();
-    MOE_CHECK(bad == 0, "router: ", bad, " of ", T,
-              " tokens have NaN or Inf router logits (check the input activations)");
-  }
   const at::Tensor logits = logits_TE.to(at::kFloat);
   const at::Tensor scores =
       o.score_function == ScoreFunction::kSoftmax ? at::softmax(logits, -1) : at::sigmoid(logits);
@@ -95,7 +90,7 @@ Routing RouterImpl::route(const at::Tensor& logits_TE, bool training) const {
     routed = routed.clone();
     aux_group_->all_reduce(routed, ReduceOp::kSum);
   }
-  const at::Tensor f = routed.to(at::kFloat) / static_cast<double>(std::max<int64_t>(routed.sum().item<int64_t>(), 1));
+  const at::Tensor f = routed.to(at::kFloat) / routed.sum().clamp_min(1).to(at::kFloat);
   const at::Tensor P = score_dist.sum(0) / static_cast<double>(std::max<int64_t>(T, 1));
   r.aux_loss = (f * P).sum() * static_cast<double>(E);
   r.z_loss = T > 0 ? at::logsumexp(logits, -1).square().mean() : logits.sum();
@@ -111,7 +106,16 @@ Routing RouterImpl::route(const at::Tensor& logits_TE, bool training) const {
   {
     at::NoGradGuard no_grad;
     r.tokens_per_expert_E = at::bincount(r.expert_ids_TK.masked_select(r.keep_TK), {}, E);
-    r.num_dropped = T * K - r.tokens_per_expert_E.sum().item<int64_t>();
+    // The routing's one host sync: the kept assignments per expert size the permutation and the expert
+    // GEMMs; the count of tokens with non-finite logits rides on the same copy.
+    const at::Tensor nonfinite = at::isfinite(logits_TE).logical_not().any(1).sum().view({1});
+    const at::Tensor host = at::cat({nonfinite, r.tokens_per_expert_E}).to(at::kCPU, at::kLong).contiguous();
+    const int64_t* h = host.data_ptr<int64_t>();
+    MOE_CHECK(h[0] == 0, "router: ", h[0], " of ", T,
+              " tokens have NaN or Inf router logits (check the input activations)");
+    r.tokens_per_expert.assign(h + 1, h + 1 + E);
+    r.num_dropped = T * K;
+    for (int64_t n : r.tokens_per_expert) r.num_dropped -= n;
   }
   r.loss = r.aux_loss * o.aux_loss_coeff + r.z_loss * o.z_loss_coeff;
   return r;

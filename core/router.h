@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
+#include <vector>
+
 #include "core/model_options.h"
 
 namespace moe {
@@ -19,6 +21,7 @@ struct Routing {
   at::Tensor keep_TK;               // bool
   at::Tensor routed_per_expert_E;   // int64 assignments per expert before capacity (balance statistics)
   at::Tensor tokens_per_expert_E;   // int64 assignments per expert after capacity (what experts run)
+  std::vector<int64_t> tokens_per_expert;  // the same on the host: the permutation's and GEMMs' sizes
   int64_t num_dropped = 0;
   int64_t capacity = -1;            // -1: dropless
   at::Tensor aux_loss;              // float32 scalar, unscaled: num_experts * sum_i f_i * P_i

@@ -8,8 +8,14 @@ namespace moe {
 namespace {
 
 std::vector<int64_t> to_vector(const at::Tensor& t) {
-  const at::Tensor c = t.to(at::kLong).contiguous();
+  const at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
   return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
+}
+
+int64_t sum(const std::vector<int64_t>& v, size_t begin = 0, size_t end = SIZE_MAX) {
+  int64_t total = 0;
+  for (size_t i = begin; i < std::min(end, v.size()); ++i) total += v[i];
+  return total;
 }
 
 at::Tensor exchange_rows(Communicator& comm, const at::Tensor& x, const std::vector<int64_t>& send_rows,
@@ -49,7 +55,8 @@ class AllToAllV : public torch::autograd::Function<AllToAllV> {
 Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Routing& routing) {
   ScopedPhase timer(times_, &PhaseTimes::permute);
   Dispatched d;
-  d.handle.permutation = make_permutation(routing.expert_ids_TK, routing.keep_TK, num_experts_);
+  d.handle.permutation =
+      make_permutation(routing.expert_ids_TK, routing.keep_TK, num_experts_, sum(routing.tokens_per_expert));
   d.handle.probs_TK = routing.probs_TK;
   d.x_ND = permute(x_TD, d.handle.permutation);
   return d;
@@ -57,7 +64,7 @@ Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Ro
 
 Dispatched LocalTokenDispatcher::dispatch(const at::Tensor& x_TD, const Routing& routing) {
   Dispatched d = permute_tokens(x_TD, routing);
-  d.tokens_per_local_expert = to_vector(d.handle.permutation.tokens_per_expert_E);  // host sync: the GEMM sizes
+  d.tokens_per_local_expert = routing.tokens_per_expert;
   return d;
 }
 
@@ -105,10 +112,18 @@ Dispatched AllToAllTokenDispatcher::dispatch(const at::Tensor& x_TD, const Routi
   at::Tensor recv_counts = recv_counts_RL.view({R * El, 1});
   ep_group_.all_to_all_v(send_counts.view({dims_.num_experts, 1}), std::vector<int64_t>(R, El), recv_counts,
                          std::vector<int64_t>(R, El));
-  // Host syncs: the exchange's split sizes and the local experts' GEMM sizes.
-  h.send_rows = to_vector(send_counts.view({R, El}).sum(1));
-  h.recv_rows = to_vector(recv_counts_RL.sum(1));
-  d.tokens_per_local_expert = to_vector(recv_counts_RL.sum(0));
+  h.send_rows.resize(R);
+  for (int r = 0; r < R; ++r) h.send_rows[r] = sum(routing.tokens_per_expert, r * El, (r + 1) * El);
+  // Host sync: the counts received size the exchange and the local experts' GEMMs.
+  const std::vector<int64_t> recv = to_vector(recv_counts_RL);
+  h.recv_rows.assign(R, 0);
+  d.tokens_per_local_expert.assign(El, 0);
+  for (int r = 0; r < R; ++r) {
+    for (int64_t j = 0; j < El; ++j) {
+      h.recv_rows[r] += recv[r * El + j];
+      d.tokens_per_local_expert[j] += recv[r * El + j];
+    }
+  }
   const at::Tensor x_recv = exchange(d.x_ND, h.send_rows, h.recv_rows);
   if (El == 1) {
     d.x_ND = x_recv;

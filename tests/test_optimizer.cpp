@@ -56,11 +56,11 @@ TEST(GradNorm, CountsEveryParameterAndClipsToTheMaximum) {
   at::Tensor a = at::zeros({2}).requires_grad_(true), b = at::zeros({1}).requires_grad_(true);
   a.mutable_grad() = at::tensor({3.0f, 0.0f});
   b.mutable_grad() = at::tensor({4.0f});
-  const double norm = global_grad_norm(records(a, b), nullptr);
-  EXPECT_DOUBLE_EQ(norm, 5.0);
+  const at::Tensor norm = global_grad_norm(records(a, b), nullptr);
+  EXPECT_DOUBLE_EQ(norm.item<double>(), 5.0);
   clip_grads(records(a, b), norm, 1.0);
-  EXPECT_NEAR(global_grad_norm(records(a, b), nullptr), 1.0, 1e-6);
-  clip_grads(records(a, b), 1.0, 2.0);  // under the maximum: untouched
+  EXPECT_NEAR(global_grad_norm(records(a, b), nullptr).item<double>(), 1.0, 1e-6);
+  clip_grads(records(a, b), at::tensor(1.0, at::kDouble), 2.0);  // under the maximum: untouched
   EXPECT_NEAR(a.grad()[0].item<double>(), 0.6, 1e-6);
 }
 
@@ -76,7 +76,7 @@ TEST(GradNorm, MatchesAFloat64SumOverMillionsOfElements) {
     const float* v = flat.data_ptr<float>();
     for (int64_t i = 0; i < flat.numel(); ++i) expected += static_cast<double>(v[i]) * v[i];
   }
-  EXPECT_NEAR(global_grad_norm(records(a, b), nullptr) / std::sqrt(expected), 1.0, 1e-7);
+  EXPECT_NEAR(global_grad_norm(records(a, b), nullptr).item<double>() / std::sqrt(expected), 1.0, 1e-7);
 }
 
 }  // namespace

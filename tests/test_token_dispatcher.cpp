@@ -16,6 +16,13 @@ constexpr int64_t kE = 8, kK = 2, kD = 3;
 // Routing that every rank can compute for any rank: token t of rank s goes to experts ids(s, t, k).
 int64_t expert_of(int s, int64_t t, int64_t k) { return (t * 3 + s + k * 5) % kE; }
 
+// What route() fills in from the mask: the kept assignments per expert, on the device and on the host.
+void count_kept(Routing& r) {
+  r.tokens_per_expert_E = at::bincount(r.expert_ids_TK.masked_select(r.keep_TK), {}, kE);
+  const at::Tensor c = r.tokens_per_expert_E.contiguous();
+  r.tokens_per_expert.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + kE);
+}
+
 Routing make_routing(int s, int64_t T, const std::function<bool(int, int64_t, int64_t)>& keep) {
   Routing r;
   r.expert_ids_TK = at::empty({T, kK}, at::kLong);
@@ -27,6 +34,7 @@ Routing make_routing(int s, int64_t T, const std::function<bool(int, int64_t, in
     }
   }
   r.probs_TK = at::full({T, kK}, 1.0 / kK) * r.keep_TK.to(at::kFloat);
+  count_kept(r);
   return r;
 }
 
@@ -122,6 +130,7 @@ TEST(TokenDispatcher, OneRankSendsEverythingToOneRemoteExpert) {
   r.expert_ids_TK = at::full({T, 1}, kE - 1, at::kLong);
   r.keep_TK = at::full({T, 1}, me == 0, at::kBool);
   r.probs_TK = r.keep_TK.to(at::kFloat);
+  count_kept(r);
   at::Tensor x = tokens_of(me, T).requires_grad_(true);
   Dispatched d = dispatcher->dispatch(x, r);
   const int64_t El = kE / R;

@@ -42,12 +42,13 @@ double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, do
 
 namespace {
 
-// The sum of squared gradients of the records that are (or are not) expert shards.
-double sum_of_squares(const ParameterList& params, bool experts) {
-  double total = 0;
+// The sum of squared gradients of the records that are (or are not) expert shards: a float64 scalar on
+// their device.
+at::Tensor sum_of_squares(const ParameterList& params, bool experts) {
+  at::Tensor total = at::zeros({}, at::dtype(at::kDouble).device(params.front().tensor.device()));
   for (const ParameterRecord& p : params) {
     if (p.is_expert() == experts && p.tensor.grad().defined()) {
-      total += p.tensor.grad().to(at::kDouble).square().sum().item<double>();
+      total.add_(p.tensor.grad().to(at::kDouble).square().sum());
     }
   }
   return total;
@@ -55,16 +56,19 @@ double sum_of_squares(const ParameterList& params, bool experts) {
 
 }  // namespace
 
-double global_grad_norm(const ParameterList& params, Communicator* ep_group) {
-  at::Tensor expert_sq = at::full({1}, sum_of_squares(params, true), at::kDouble);
+at::Tensor global_grad_norm(const ParameterList& params, Communicator* ep_group) {
+  MOE_CHECK(!params.empty(), "global_grad_norm: no parameters");
+  at::NoGradGuard no_grad;
+  at::Tensor expert_sq = sum_of_squares(params, true).reshape({1});
   if (ep_group && ep_group->size() > 1) ep_group->all_reduce(expert_sq, ReduceOp::kSum);
-  return std::sqrt(sum_of_squares(params, false) + expert_sq.item<double>());  // host sync: the norm
+  return (sum_of_squares(params, false) + expert_sq[0]).sqrt();
 }
 
-void clip_grads(const ParameterList& params, double norm, double max_norm) {
-  if (max_norm <= 0 || !(norm > max_norm)) return;
+void clip_grads(const ParameterList& params, const at::Tensor& norm, double max_norm) {
+  if (max_norm <= 0) return;
   at::NoGradGuard no_grad;
-  const double scale = max_norm / (norm + 1e-6);
+  // min(1, max_norm / (norm + 1e-6)), but exactly 1 unless norm > max_norm (NaN compares false).
+  const at::Tensor scale = at::where(norm > max_norm, max_norm / (norm + 1e-6), at::ones_like(norm));
   for (const ParameterRecord& p : params) {
     if (p.tensor.grad().defined()) p.tensor.grad().mul_(scale);
   }

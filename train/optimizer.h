@@ -42,10 +42,12 @@ double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, do
 
 // The L2 norm of the gradient of the whole model, every parameter counted once: replicated gradients
 // are identical on every rank after synchronisation, so they are counted locally; each expert shard is
-// summed over the EP group (null: every expert is local). Collective over the EP group.
-double global_grad_norm(const ParameterList& params, Communicator* ep_group);
+// summed over the EP group (null: every expert is local). Collective over the EP group. A float64 scalar
+// on the parameters' device: no host sync.
+at::Tensor global_grad_norm(const ParameterList& params, Communicator* ep_group);
 
-// Scales every gradient by max_norm / norm when norm exceeds max_norm (max_norm 0: never).
-void clip_grads(const ParameterList& params, double norm, double max_norm);
+// Scales every gradient by max_norm / norm when norm exceeds max_norm (max_norm 0: never). `norm` is
+// global_grad_norm's scalar; the decision is taken on the device, so it costs no host sync.
+void clip_grads(const ParameterList& params, const at::Tensor& norm, double max_norm);
 
 }  // namespace moe

@@ -1,33 +1,45 @@
 #pragma once
-// What one training step reports: summed over this rank's micro-batches while it runs, then over every
-// rank by all_reduce(), which packs the fields into one float64 buffer and unpacks the sums.
+// What one training step reports. While the step runs, the sums stay on the run's device (add() queues
+// small tensor ops, no host sync); finish() sums them over the ranks in one packed float64 all-reduce and
+// brings them, with the gradient norm, to the host in one copy: the step's one metrics sync.
 #include <ATen/ATen.h>
 
+#include <vector>
+
+#include "core/router.h"
 #include "parallel/communicator.h"
 
 namespace moe {
 
 struct StepStats {
-  StepStats(int64_t num_moe_layers, int64_t num_experts);
+  StepStats(int64_t num_moe_layers, int64_t num_experts, at::Device device);
 
-  // Sums over micro-batches (and, after all_reduce, over ranks).
+  // Adds one micro-batch: its mean next-token loss and the routings of its MoE layers, in order.
+  void add(const at::Tensor& lm_loss, const std::vector<Routing>& routings);
+  // Collective over `world`: every sum becomes its sum over the ranks, stop_signal its maximum, and the
+  // host fields below are filled; `grad_norm` (a scalar on the device, already global) is read back too.
+  void finish(Communicator& world, const at::Tensor& grad_norm);
+
+  // On the host after finish(): sums over micro-batches and ranks.
   double lm_loss = 0;      // of each micro-batch's mean next-token loss
   double aux_loss = 0;     // of each micro-batch's mean over MoE layers of the unscaled balance loss
   double z_loss = 0;       // likewise for the router z-loss
   double dropped = 0;      // assignments dropped by capacity
   double assignments = 0;  // assignments routed (tokens x top_k, every MoE layer)
-  at::Tensor tokens_per_expert_LE;  // float64 [MoE layers, experts]: assignments kept (what experts ran)
-  at::Tensor routed_per_expert_LE;  // float64 [MoE layers, experts]: before capacity (the balancing load)
+  at::Tensor tokens_per_expert_LE;  // float64 [MoE layers, experts] on the host: assignments kept
   // The signal (SIGTERM, SIGINT) this rank was stopped by, 0 for none; the max over ranks after
-  // all_reduce, so every rank agrees to stop.
+  // finish(), so every rank agrees to stop.
   int stop_signal = 0;
-
-  // Set once the gradients are synchronised; the same on every rank.
   double grad_norm = 0;
   double lr = 0;
 
-  // Collective over `world`: every counter becomes its sum over the ranks, stop_signal its maximum.
-  void all_reduce(Communicator& world);
+  // On the device: assignments per expert before capacity (the balancing load), summed over ranks by
+  // finish() so that every rank moves its expert bias alike.
+  at::Tensor routed_per_expert_LE;
+
+ private:
+  at::Tensor scalars_;  // float64 [lm_loss, aux_loss, z_loss] on the device
+  at::Tensor kept_LE_;  // float64 [MoE layers, experts] on the device
 };
 
 }  // namespace moe
