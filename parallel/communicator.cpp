@@ -1,6 +1,9 @@
 #include "parallel/communicator.h"
 
 #include "parallel/mpi_communicator.h"
+#ifdef MOE_HAVE_NCCL
+#include "parallel/nccl_communicator.h"
+#endif
 
 namespace moe {
 
@@ -27,9 +30,19 @@ void all_ranks_succeed(Communicator& comm, const std::function<void()>& fn) {
   throw CollectiveError("another rank failed", worst, /*reported=*/false);
 }
 
-std::unique_ptr<Communicator> make_communicator(Backend backend) {
+std::unique_ptr<Communicator> make_communicator(Backend backend, int device_index, double timeout_s) {
   const std::string why = backend_unavailable(backend);
-  if (!why.empty()) throw Error("parallel.backend " + why, /*bad_input=*/true);
+  if (!why.empty()) throw Error("parallel.backend: " + why, /*bad_input=*/true);
+  MOE_CHECK(backend != Backend::kAuto, "make_communicator: resolve parallel.backend auto first (select_backend)");
+#ifdef MOE_HAVE_NCCL
+  if (backend == Backend::kNccl) {
+    MOE_CHECK(device_index >= 0, "make_communicator: nccl needs this rank's GPU");
+    MPI_Comm world;
+    MOE_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &world));  // NCCL's bootstrap and barriers, apart from MPI's own
+    return std::make_unique<NcclCommunicator>(std::make_unique<MpiCommunicator>(world), "world", device_index,
+                                              timeout_s);
+  }
+#endif
   return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
 }
 

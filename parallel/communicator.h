@@ -37,8 +37,9 @@ class Communicator {
   // dtype and row shape; output already sized to the sum of recv_rows. Zero-row splits are fine.
   virtual void all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows, at::Tensor& output,
                             const std::vector<int64_t>& recv_rows) = 0;
-  // Ranks passing the same color form a new communicator, ordered by key (then by rank here).
-  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // Ranks passing the same color form a new communicator, ordered by key (then by rank here). `name`
+  // ("ep", "edp") names the group in errors.
+  virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name = "") = 0;
 };
 
 // What all_ranks_succeed throws when any rank failed: on the lowest failing rank, that rank's message
@@ -60,9 +61,10 @@ class CollectiveError : public Error {
 // rank shares is reported once. Collective.
 void all_ranks_succeed(Communicator& comm, const std::function<void()>& fn);
 
-// The one factory of communicators: the world of `backend` (parallel.backend), from which the process
-// groups are split. MPI must already be initialised (MpiSession). Backend::kMpi is the only backend
-// built today; kNccl is refused as bad input, naming the key.
-std::unique_ptr<Communicator> make_communicator(Backend backend);
+// The one factory of communicators: the world of `backend` (parallel.backend, already resolved from
+// auto: train/device.h), from which the process groups are split. MPI must already be initialised
+// (MpiSession); NCCL's world is bootstrapped over MPI's, on GPU `device_index`, its collectives aborted
+// after `timeout_s`. A backend this build lacks is refused as bad input, naming the key.
+std::unique_ptr<Communicator> make_communicator(Backend backend, int device_index = -1, double timeout_s = 600);
 
 }  // namespace moe

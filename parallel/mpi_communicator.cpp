@@ -18,8 +18,7 @@ int world_rank() {
 constexpr int64_t kMaxCount = INT_MAX;
 
 void check_cpu_contiguous(const at::Tensor& t, const char* op, const char* what) {
-  MOE_CHECK(t.device().is_cpu(), "mpi: ", op, " needs CPU tensors, got ", what, " on ", t.device(),
-            " (mpi is the only backend in this version: CPU tensors only)");
+  MOE_CHECK(t.device().is_cpu(), "mpi: ", op, " needs CPU or CUDA tensors, got ", what, " on ", t.device());
   MOE_CHECK(t.is_contiguous(), "mpi: ", op, " needs a contiguous ", what);
 }
 
@@ -77,7 +76,35 @@ MpiCommunicator::~MpiCommunicator() {
 
 void MpiCommunicator::barrier() { MOE_MPI_CHECK(MPI_Barrier(comm_)); }
 
+int MpiCommunicator::local_rank() {
+  MPI_Comm node;
+  MOE_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  int local = 0;
+  const int rc = MPI_Comm_rank(node, &local);
+  MPI_Comm_free(&node);
+  if (rc != MPI_SUCCESS) throw_mpi_error(rc, "MPI_Comm_rank(node)", __FILE__, __LINE__);
+  return local;
+}
+
+at::Tensor MpiCommunicator::staging(int slot, const at::Tensor& like) {
+  const int64_t bytes = like.numel() * static_cast<int64_t>(like.element_size());
+  at::Tensor& buffer = pinned_[slot];
+  if (!buffer.defined() || buffer.numel() < bytes) {
+    // Grown geometrically so that a run's varying exchange sizes settle on one allocation.
+    const int64_t size = std::max<int64_t>(bytes, buffer.defined() ? 2 * buffer.numel() : int64_t{1} << 20);
+    buffer = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  }
+  return buffer.narrow(0, 0, bytes).view(like.scalar_type()).view(like.sizes());
+}
+
 void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
+  if (tensor.is_cuda()) {  // the copies wait for the tensor's stream: MPI then reads finished data
+    at::Tensor host = staging(0, tensor);
+    host.copy_(tensor);
+    broadcast(host, root);
+    tensor.copy_(host);
+    return;
+  }
   check_cpu_contiguous(tensor, "broadcast", "tensor");
   MOE_CHECK(root >= 0 && root < size_, "mpi: broadcast root ", root, " is not a rank of a communicator of ",
             size_);
@@ -90,6 +117,13 @@ void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
 }
 
 void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
+  if (tensor.is_cuda()) {
+    at::Tensor host = staging(0, tensor);
+    host.copy_(tensor);
+    all_reduce(host, op);
+    tensor.copy_(host);
+    return;
+  }
   check_cpu_contiguous(tensor, "all_reduce", "tensor");
   const MPI_Datatype type = reduce_type(tensor.scalar_type());
   const MPI_Op mpi_op = op == ReduceOp::kSum ? MPI_SUM : MPI_MAX;
@@ -102,6 +136,11 @@ void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
 }
 
 at::Tensor MpiCommunicator::all_gather(const at::Tensor& tensor) {
+  if (tensor.is_cuda()) {
+    at::Tensor host = staging(0, tensor);
+    host.copy_(tensor);
+    return all_gather(host).to(tensor.device());
+  }
   check_cpu_contiguous(tensor, "all_gather", "tensor");
   std::vector<int64_t> shape = {size_};
   shape.insert(shape.end(), tensor.sizes().begin(), tensor.sizes().end());
@@ -115,6 +154,13 @@ at::Tensor MpiCommunicator::all_gather(const at::Tensor& tensor) {
 
 void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows,
                                    at::Tensor& output, const std::vector<int64_t>& recv_rows) {
+  if (input.is_cuda() || output.is_cuda()) {
+    at::Tensor host_in = staging(0, input), host_out = staging(1, output);
+    host_in.copy_(input);
+    all_to_all_v(host_in, send_rows, host_out, recv_rows);
+    output.copy_(host_out);
+    return;
+  }
   check_cpu_contiguous(input, "all_to_all_v", "input");
   check_cpu_contiguous(output, "all_to_all_v", "output");
   MOE_CHECK(static_cast<int>(send_rows.size()) == size_ && static_cast<int>(recv_rows.size()) == size_,
@@ -156,7 +202,7 @@ void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<in
   if (rc_call != MPI_SUCCESS) throw_mpi_error(rc_call, "MPI_Alltoallv", __FILE__, __LINE__);
 }
 
-std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const std::string&) {
   MPI_Comm sub;
   MOE_MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
   return std::make_unique<MpiCommunicator>(sub);

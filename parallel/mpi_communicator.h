@@ -1,7 +1,9 @@
 #pragma once
-// MpiCommunicator: Communicator over an MPI communicator, for CPU tensors. Works on the tensors' own
-// memory (no staging copies). Errors return (MPI_ERRORS_RETURN) and are thrown as moe::Error naming the
-// call, the rank and MPI's own error string; `main` then aborts the whole job so no peer waits forever.
+// MpiCommunicator: Communicator over an MPI communicator. CPU tensors travel from their own memory; CUDA
+// tensors are staged through two pinned host buffers that grow to the largest message and are reused, so
+// several ranks can share a GPU and a machine without NCCL still trains on GPUs. Errors return
+// (MPI_ERRORS_RETURN) and are thrown as moe::Error naming the call, the rank and MPI's own error string;
+// `main` then aborts the whole job so no peer waits forever.
 #include <mpi.h>
 
 #include "core/check.h"
@@ -47,12 +49,19 @@ class MpiCommunicator : public Communicator {
   at::Tensor all_gather(const at::Tensor& tensor) override;
   void all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows, at::Tensor& output,
                     const std::vector<int64_t>& recv_rows) override;
-  std::unique_ptr<Communicator> split(int color, int key) override;
+  std::unique_ptr<Communicator> split(int color, int key, const std::string& name = "") override;
 
   MPI_Comm comm() const { return comm_; }
+  // This rank's index among the ranks of its node (MPI_COMM_TYPE_SHARED), whatever the launcher.
+  // Collective.
+  int local_rank();
 
  private:
+  // A pinned host tensor of `like`'s shape and dtype in staging buffer `slot` (0: send, 1: receive).
+  at::Tensor staging(int slot, const at::Tensor& like);
+
   MPI_Comm comm_;
+  at::Tensor pinned_[2];
   int rank_ = 0;
   int size_ = 1;
 };

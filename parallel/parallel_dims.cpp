@@ -24,8 +24,8 @@ ProcessGroups make_process_groups(Communicator& world, const ParallelDims& dims)
             world.rank(), " of ", world.size(), ") does not match the parallel dims (rank ", dims.rank, " of ",
             dims.world_size, ")");
   ProcessGroups g;
-  g.ep = world.split(/*color=*/dims.edp_rank, /*key=*/dims.ep_rank);
-  g.edp = world.split(/*color=*/dims.ep_rank, /*key=*/dims.edp_rank);
+  g.ep = world.split(/*color=*/dims.edp_rank, /*key=*/dims.ep_rank, "ep");
+  g.edp = world.split(/*color=*/dims.ep_rank, /*key=*/dims.edp_rank, "edp");
   return g;
 }
 
