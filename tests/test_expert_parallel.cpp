@@ -111,9 +111,10 @@ void check_parity(const ParityCase& s, int ep) {
   ASSERT_EQ(layer->first_local_expert(), dims.first_local_expert);
   ASSERT_EQ(layer->experts->w1.size(0), dims.num_local_experts);
   copy_params(layer, full, dims.first_local_expert);
-  at::Tensor x = x_all.narrow(0, me * s.T, s.T).clone().requires_grad_(true);
+  layer->to(testing::device());  // the reference stays on the CPU
+  at::Tensor x = x_all.narrow(0, me * s.T, s.T).to(testing::device()).requires_grad_(true);
   MoEOutput out = layer->forward(x);
-  ((out.y * g_all.narrow(0, me * s.T, s.T)).sum() + out.routing.loss).backward();
+  ((out.y * g_all.narrow(0, me * s.T, s.T).to(testing::device())).sum() + out.routing.loss).backward();
   GradSync sync(records(layer), world(), groups.edp.get());
   sync.sync();
 

@@ -54,24 +54,29 @@ struct Observed {
 
 // Runs the layer, or the float64 reference on the same weights, and backpropagates
 // sum(y * g) + aux_coeff * aux + z_coeff * z.
+// On testing::device(); what it observed comes back to the CPU.
 Observed run_layer(MoELayer& layer, const at::Tensor& x0, const at::Tensor& g) {
+  const at::Device device = testing::device();
+  layer->to(device);
   layer->zero_grad();
-  at::Tensor x = x0.clone().requires_grad_(true);
+  at::Tensor x = x0.clone().to(device).requires_grad_(true);
   MoEOutput out = layer->forward(x);
-  ((out.y * g).sum() + out.routing.loss).backward();
+  ((out.y * g.to(device)).sum() + out.routing.loss).backward();
   const at::Tensor& w3 = layer->experts->w3;
-  Observed o{out.y.detach(), out.routing.aux_loss.detach(), out.routing.z_loss.detach(), x.grad(),
-             layer->router->weight.grad(), layer->experts->w1.grad(), w3.defined() ? w3.grad() : at::Tensor(),
-             layer->experts->w2.grad(), out.routing.tokens_per_expert_E, out.routing.num_dropped};
+  const auto cpu = [](const at::Tensor& t) { return t.defined() ? t.detach().cpu() : t; };
+  Observed o{cpu(out.y), cpu(out.routing.aux_loss), cpu(out.routing.z_loss), cpu(x.grad()),
+             cpu(layer->router->weight.grad()), cpu(layer->experts->w1.grad()),
+             w3.defined() ? cpu(w3.grad()) : at::Tensor(), cpu(layer->experts->w2.grad()),
+             cpu(out.routing.tokens_per_expert_E), out.routing.num_dropped};
   return o;
 }
 
 Observed run_reference(MoELayer& layer, const at::Tensor& x0, const at::Tensor& g, bool training) {
   const auto& opt = layer->options();
-  const auto d = [](const at::Tensor& t) { return t.detach().to(at::kDouble).requires_grad_(true); };
+  const auto d = [](const at::Tensor& t) { return t.detach().cpu().to(at::kDouble).requires_grad_(true); };
   ref::Weights w{d(layer->router->weight), d(layer->experts->w1),
                  opt.expert_type == ExpertType::kSwiGLU ? d(layer->experts->w3) : at::Tensor(),
-                 d(layer->experts->w2), layer->router->expert_bias.to(at::kDouble)};
+                 d(layer->experts->w2), layer->router->expert_bias.cpu().to(at::kDouble)};
   at::Tensor x = d(x0);
   ref::Result r = ref::moe_layer(x, w, opt.router,
                                  training ? opt.router.capacity_factor : opt.router.eval_capacity_factor,

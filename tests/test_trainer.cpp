@@ -47,8 +47,8 @@ TEST(Trainer, GradientAccumulationMatchesOneLargeMicroBatch) {
   const int W = world().size();
   if (16 % (4 * W) != 0) GTEST_SKIP() << "16 sequences do not split into 4 micro-batches on " << W << " ranks";
   const std::string root = ::testing::TempDir() + "accumulation-run-";
-  Trainer whole(accumulation_config(16 / W, root + "whole"), world());
-  Trainer split(accumulation_config(4 / W, root + "split"), world());
+  Trainer whole(accumulation_config(16 / W, root + "whole"), world(), at::kCPU);
+  Trainer split(accumulation_config(4 / W, root + "split"), world(), at::kCPU);
   const StepStats a = whole.train_step(1), b = split.train_step(1);
 
   EXPECT_NEAR(a.lm_loss / W, b.lm_loss / (4 * W), 1e-6) << "the step's mean loss";

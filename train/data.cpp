@@ -68,15 +68,16 @@ int64_t TokenFile::token(int64_t i) const {
          (static_cast<int64_t>(p[3]) << 24);
 }
 
-at::Tensor TokenFile::windows(const std::vector<int64_t>& offsets, int64_t length) const {
-  at::Tensor out = at::empty({static_cast<int64_t>(offsets.size()), length}, at::kLong);
+at::Tensor TokenFile::windows(const std::vector<int64_t>& offsets, int64_t length, at::Device device) const {
+  at::Tensor out = at::empty({static_cast<int64_t>(offsets.size()), length},
+                             at::TensorOptions().dtype(at::kLong).pinned_memory(device.is_cuda()));
   int64_t* dst = out.data_ptr<int64_t>();
   for (int64_t offset : offsets) {
     MOE_CHECK(offset >= 0 && offset + length <= num_tokens_, "window [", offset, ", ", offset + length,
               ") is outside ", path_, " (", num_tokens_, " tokens)");
     for (int64_t i = 0; i < length; ++i) *dst++ = token(offset + i);
   }
-  return out;
+  return device.is_cpu() ? out : out.to(device, /*non_blocking=*/true);
 }
 
 std::vector<int64_t> batch_offsets(uint64_t seed, int64_t step, int64_t global_batch_size, int64_t seq_len,

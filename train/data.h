@@ -24,8 +24,9 @@ class TokenFile {
   int64_t size() const { return num_tokens_; }
   const std::string& path() const { return path_; }
   int64_t token(int64_t i) const;
-  // Windows of `length` tokens starting at each offset, as int64 [offsets.size(), length].
-  at::Tensor windows(const std::vector<int64_t>& offsets, int64_t length) const;
+  // Windows of `length` tokens starting at each offset, as int64 [offsets.size(), length] on `device`.
+  // For a GPU they are gathered into pinned memory and copied without making the host wait.
+  at::Tensor windows(const std::vector<int64_t>& offsets, int64_t length, at::Device device = at::kCPU) const;
 
  private:
   std::string path_;

@@ -16,6 +16,7 @@
 #include "parallel/mpi_communicator.h"
 #include "train/checkpoint/checkpoint.h"
 #include "train/checkpoint/export.h"
+#include "train/device.h"
 #include "train/cli/cli.h"
 #include "train/cli/config.h"
 #include "train/evaluation.h"
@@ -32,7 +33,7 @@ std::string message_of(const std::exception& e) {
 // Runs `body` on every rank of an MPI job (it may be one process without mpirun), with the error
 // handling of the header comment. Every run starts on MPI's world, which agrees on inputs and errors;
 // the collectives of training and evaluation run on the config's backend, from make_communicator.
-int run_mpi(int* argc, char*** argv, const std::function<int(moe::Communicator&)>& body) {
+int run_mpi(int* argc, char*** argv, const std::function<int(moe::MpiCommunicator&)>& body) {
   moe::MpiSession mpi(argc, argv);
   moe::MpiCommunicator world(MPI_COMM_WORLD);
   moe::setup_logging(world.rank());
@@ -58,14 +59,17 @@ int main(int argc, char** argv) {
   if (const int rc = moe::parse_command_line(argc, argv, cl); rc >= 0) return rc;
   switch (cl.command) {
     case moe::Command::kTrain:
-      return run_mpi(&argc, &argv, [&](moe::Communicator& world) {
+      return run_mpi(&argc, &argv, [&](moe::MpiCommunicator& world) {
+        const int local_rank = world.local_rank();
         moe::Config config;
-        std::unique_ptr<moe::Communicator> comm;
+        moe::RankPlacement placement;
         moe::all_ranks_succeed(world, [&] {
           config = moe::load_config(cl.config_path, cl.sets, world.size());
-          comm = moe::make_communicator(config.parallel.backend);
+          placement = moe::select_placement(config, local_rank);
         });
-        moe::Trainer trainer(config, *comm, cl.resume);
+        spdlog::info("device {}, backend {}", moe::describe(placement.device), moe::enum_name(placement.backend));
+        const std::unique_ptr<moe::Communicator> comm = moe::make_communicator(placement, config);
+        moe::Trainer trainer(config, *comm, placement.device, cl.resume);
         const double loss = trainer.train();
         if (trainer.stopped_by() != 0) return 128 + trainer.stopped_by();
         spdlog::info("done: validation loss {:.4f} (nats per token) after {} steps; run directory {}", loss,
@@ -73,8 +77,9 @@ int main(int argc, char** argv) {
         return 0;
       });
     case moe::Command::kEval:
-      return run_mpi(&argc, &argv, [&](moe::Communicator& world) {
-        const moe::EvalResult r = moe::evaluate_checkpoint(cl.checkpoint_dir, cl.data_path, cl.seq_len, cl.windows, world);
+      return run_mpi(&argc, &argv, [&](moe::MpiCommunicator& world) {
+        const moe::EvalResult r =
+            moe::evaluate_checkpoint(cl.checkpoint_dir, cl.data_path, cl.seq_len, cl.windows, world, world.local_rank());
         if (world.rank() == 0) {
           std::cout << nlohmann::json({{"loss", r.loss}, {"tokens", r.tokens}}).dump() << std::endl;
         }

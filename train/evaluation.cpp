@@ -7,6 +7,7 @@
 #include "train/checkpoint/checkpoint.h"
 #include "train/checkpoint/checkpoint_state.h"
 #include "train/cli/config.h"
+#include "train/device.h"
 
 namespace moe {
 
@@ -17,39 +18,46 @@ double evaluate_windows(Transformer& model, const TokenFile& file, const std::ve
   // Every rank runs the same number of forwards (the all-to-alls of EP pair them up); windows past the
   // end repeat the last one and weigh 0.
   const int64_t rounds = (n + W * B - 1) / (W * B);
-  at::Tensor totals = at::zeros({2}, at::kDouble);  // summed loss, tokens
+  const at::Device device = model->parameter_records().front().tensor.device();
+  at::Tensor loss_sum = at::zeros({1}, at::dtype(at::kDouble).device(device));
+  int64_t counted = 0;  // windows of this rank that count
   const bool was_training = model->is_training();
   model->eval();
   {
     at::NoGradGuard no_grad;
     for (int64_t round = 0; round < rounds; ++round) {
       std::vector<int64_t> chosen(B);
-      at::Tensor weight = at::zeros({B, 1}, at::kFloat);
+      std::vector<double> weight(B, 0.0);
       for (int64_t b = 0; b < B; ++b) {
         const int64_t i = round * W * B + world.rank() * B + b;
         chosen[b] = offsets[std::min(i, n - 1)];
-        if (i < n) weight[b][0] = 1.0;
+        if (i < n) {
+          weight[b] = 1.0;
+          ++counted;
+        }
       }
-      const at::Tensor windows = file.windows(chosen, L + 1);
+      const at::Tensor windows = file.windows(chosen, L + 1, device);
       const at::Tensor logits = model->forward(windows.narrow(1, 0, L)).logits;
       const at::Tensor per_token =
           at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), windows.narrow(1, 1, L).reshape({-1}),
                                  {}, at::Reduction::None)
               .view({B, L});
-      totals[0] += (per_token.to(at::kDouble) * weight.to(at::kDouble)).sum();
-      totals[1] += weight.sum().item<double>() * static_cast<double>(L);
+      loss_sum += (per_token.to(at::kDouble) * at::tensor(weight, at::kDouble).view({B, 1}).to(device)).sum();
     }
   }
   model->train(was_training);
+  at::Tensor totals =
+      at::cat({loss_sum, at::full({1}, static_cast<double>(counted * L), at::dtype(at::kDouble).device(device))});
   world.all_reduce(totals, ReduceOp::kSum);
-  return totals[0].item<double>() / totals[1].item<double>();
+  const at::Tensor host = totals.to(at::kCPU);  // host sync: the result
+  return host[0].item<double>() / host[1].item<double>();
 }
 
 EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
-                               Communicator& world) {
+                               Communicator& world, int local_rank) {
   Config config;
   std::unique_ptr<TokenFile> file;
-  std::unique_ptr<Communicator> comm;  // the checkpoint's backend; `world` (MPI) agrees on the inputs
+  RankPlacement placement;
   all_ranks_succeed(world, [&] {
     MOE_INPUT_CHECK(seq_len >= 1 && windows >= 1, "eval: --seq-len (", seq_len, ") and --windows (", windows,
                     ") must be positive");
@@ -62,12 +70,15 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, 
     config.model.moe.router.capacity_factor.reset();  // dropless
     config.model.moe.router.eval_capacity_factor.reset();
     file = std::make_unique<TokenFile>(data, config.data.dtype, config.model.vocab_size, windows * seq_len + 1);
-    comm = make_communicator(config.parallel.backend);
+    placement = select_placement(config, local_rank);
   });
+  // The checkpoint's backend; `world` (MPI) agrees on the inputs.
+  const std::unique_ptr<Communicator> comm = make_communicator(placement, config);
   const ParallelDims dims(comm->size(), comm->rank(), static_cast<int>(config.parallel.expert_parallel_size),
                           config.model.moe.router.num_experts);
   const ProcessGroups groups = make_process_groups(*comm, dims);
   Transformer model(config.model, ExpertParallel{dims, groups.ep.get(), comm.get()});
+  model->to(placement.device);
   CheckpointState state = make_checkpoint_state(model, nullptr);
   all_ranks_succeed(world, [&] { load_checkpoint(dir, state, dims); });
   std::vector<int64_t> offsets(windows);

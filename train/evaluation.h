@@ -23,8 +23,9 @@ struct EvalResult {
 
 // `moe eval`: the model of checkpoint `dir` (any saved layout; experts sharded over this world, which
 // must divide the number of experts), dropless, on windows i = 0 .. windows-1 of `data`, window i being
-// tokens [i * seq_len, i * seq_len + seq_len] (seq_len + 1 tokens). Collective.
+// tokens [i * seq_len, i * seq_len + seq_len] (seq_len + 1 tokens), on the device and backend its
+// config's train.device and parallel.backend pick for this rank (`local_rank` on its node). Collective.
 EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
-                               Communicator& world);
+                               Communicator& world, int local_rank);
 
 }  // namespace moe

@@ -26,9 +26,10 @@ double now_seconds() {
 
 }  // namespace
 
-Trainer::Trainer(const Config& config, Communicator& world, const std::string& resume)
+Trainer::Trainer(const Config& config, Communicator& world, at::Device device, const std::string& resume)
     : config_(config),
       world_(world),
+      device_(device),
       dims_(world.size(), world.rank(), static_cast<int>(config.parallel.expert_parallel_size),
             config.model.moe.router.num_experts),
       groups_(make_process_groups(world, dims_)) {
@@ -53,7 +54,8 @@ Trainer::Trainer(const Config& config, Communicator& world, const std::string& r
   });
 
   model_ = Transformer(config_.model, ExpertParallel{dims_, groups_.ep.get(), &world_});
-  model_->init_weights(t.seed);
+  model_->init_weights(t.seed);  // on the CPU's generator: the same weights on every device
+  model_->to(device_);
   // Router jitter draws from the global generator: the same run gives the same draws, ranks differ.
   at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1));
   moe_layers_ = model_->moe_layers();
@@ -76,7 +78,12 @@ Trainer::Trainer(const Config& config, Communicator& world, const std::string& r
       if (same_world) {
         at::Generator generator = at::detail::getDefaultCPUGenerator();
         generator.set_state(state.rng_state);
-      } else {  // another world size: the ranks' generators cannot map one to one; reseed by the step
+      }
+      if (same_world && device_.is_cuda()) {
+        // The checkpoint holds the CPU generator's state; the GPU's jitter draws are reseeded by the step.
+        at::Generator gpu = at::globalContext().defaultGenerator(device_);
+        gpu.set_current_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1) + 7919ull * state.step);
+      } else if (!same_world) {  // another world size: the ranks' generators cannot map one to one; reseed by the step
         at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1) + 7919ull * state.step);
         spdlog::warn("resumed on {} ranks from a checkpoint of another world size: router jitter draws differ "
                      "from the original run", world.size());
@@ -159,7 +166,7 @@ StepStats Trainer::train_step(int64_t step) {
   const auto& t = config_.train;
   const int64_t L = config_.data.seq_len;
   const auto num_moe = static_cast<int64_t>(moe_layers_.size());
-  StepStats stats(num_moe, config_.model.moe.router.num_experts);
+  StepStats stats(num_moe, config_.model.moe.router.num_experts, device_);
   const ParameterList& params = model_->parameter_records();
 
   for (const ParameterRecord& p : params) {
@@ -169,37 +176,26 @@ StepStats Trainer::train_step(int64_t step) {
       batch_offsets(t.seed, step, t.global_batch_size, L, train_data_->size());
   for (int64_t micro = 0; micro < accumulation_; ++micro) {
     const at::Tensor windows = train_data_->windows(
-        rank_slice(offsets, world_.rank(), world_.size(), t.micro_batch_size, micro), L + 1);
+        rank_slice(offsets, world_.rank(), world_.size(), t.micro_batch_size, micro), L + 1, device_);
     const at::Tensor inputs = windows.narrow(1, 0, L), targets = windows.narrow(1, 1, L);
     TransformerOutput out = model_->forward(inputs);
     const at::Tensor lm_loss =
         at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), targets.reshape({-1}));
     const at::Tensor loss = (lm_loss + out.router_loss) / static_cast<double>(accumulation_);
     loss.backward();
-
-    // Host syncs, once per micro-batch: the losses and counts reported for the step.
-    stats.lm_loss += lm_loss.item<double>();
-    for (int64_t l = 0; l < num_moe; ++l) {
-      const Routing& r = out.routings[l];
-      stats.aux_loss += r.aux_loss.item<double>() / static_cast<double>(num_moe);
-      stats.z_loss += r.z_loss.item<double>() / static_cast<double>(num_moe);
-      stats.dropped += static_cast<double>(r.num_dropped);
-      stats.assignments += static_cast<double>(r.expert_ids_TK.numel());
-      stats.tokens_per_expert_LE[l].add_(r.tokens_per_expert_E);
-      stats.routed_per_expert_LE[l].add_(r.routed_per_expert_E);
-    }
+    stats.add(lm_loss, out.routings);
   }
-  MOE_CHECK(std::isfinite(stats.lm_loss), "the training loss is not finite at step ", step,
-            " (lower train.lr or set train.grad_clip)");
 
   grad_sync_->sync();
-  stats.grad_norm = global_grad_norm(params, groups_.ep.get());
-  clip_grads(params, stats.grad_norm, t.grad_clip);
+  const at::Tensor grad_norm = global_grad_norm(params, groups_.ep.get());
+  clip_grads(params, grad_norm, t.grad_clip);
   stats.lr = learning_rate(step, t.steps, t.warmup_steps, t.lr, t.min_lr);
   optimizer_->step(stats.lr);
 
   stats.stop_signal = g_signal;
-  stats.all_reduce(world_);
+  stats.finish(world_, grad_norm);
+  MOE_CHECK(std::isfinite(stats.lm_loss), "the training loss is not finite at step ", step,
+            " (lower train.lr or set train.grad_clip)");
   // Aux-loss-free balancing: every rank moves its bias by the loads of the whole global batch, so the
   // replicated routers stay identical.
   for (int64_t l = 0; l < num_moe; ++l) moe_layers_[l]->router->update_expert_bias(stats.routed_per_expert_LE[l]);

@@ -26,9 +26,10 @@ class Trainer {
  public:
   // Builds the model (its experts sharded over the EP groups), opens the data and the run directory
   // (rank 0 writes config.yaml and metrics.jsonl there). `world`: the communicator of the config's
-  // backend (make_communicator). `resume`: "" for a new run, "latest" or a checkpoint directory to
-  // continue from (metrics.jsonl then keeps the records up to that step).
-  Trainer(const Config& config, Communicator& world, const std::string& resume = "");
+  // backend (make_communicator); `device`: where this rank's model, optimizer state and batches live
+  // (select_device). `resume`: "" for a new run, "latest" or a checkpoint directory to continue from
+  // (metrics.jsonl then keeps the records up to that step).
+  Trainer(const Config& config, Communicator& world, at::Device device = at::kCPU, const std::string& resume = "");
 
   // Runs the steps up to train.steps with evaluations every train.eval_every steps and at the end, and
   // checkpoints every checkpoint.every steps, at the end, and on SIGTERM or SIGINT (then stops).
@@ -53,6 +54,7 @@ class Trainer {
 
   Config config_;
   Communicator& world_;
+  at::Device device_;
   ParallelDims dims_;
   ProcessGroups groups_;
   Transformer model_{nullptr};

@@ -1,9 +1,11 @@
 // Benchmark: one MoE layer, forward + backward, experts sharded over all ranks (EP = world size).
 //   mpirun -np 2 -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 build/bench_moe_layer [flags]
-// Prints the median step time with its breakdown, the routing statistics, and two floors measured in the
-// same run on the same token counts: the experts' forward and backward GEMMs alone (compute floor) and
-// raw MPI_Alltoallv calls moving the bytes of the four exchanges (communication floor). The last line is
-// one JSON object.
+//   build/bench_moe_layer --device cuda --tokens 8192 --hidden 4096 --ffn 14336 --capacity-factor null
+// Prints the median step time with its breakdown, the routing statistics, and three floors measured in
+// the same run: the experts' forward and backward GEMMs alone on the same token counts (compute floor),
+// raw MPI_Alltoallv calls moving the bytes of the four exchanges (communication floor), and one plain
+// [tokens, hidden] x [hidden, ffn] GEMM, whose rate the layer's useful FLOP rate is compared with. The
+// last line is one JSON object.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -11,6 +13,8 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+
+#include <torch/cuda.h>
 
 #include "core/host_memory.h"
 #include "core/moe_layer.h"
@@ -32,6 +36,12 @@ double median(std::vector<double> v) {
 }
 
 // The slowest rank sets the pace of a collective step.
+// Timings on a GPU wait for its queued work.
+at::Device g_device = at::kCPU;
+void sync_device() {
+  if (g_device.is_cuda()) torch::cuda::synchronize();
+}
+
 double max_over_ranks(moe::Communicator& world, double v) {
   at::Tensor t = at::full({1}, v, at::kDouble);
   world.all_reduce(t, moe::ReduceOp::kMax);
@@ -43,8 +53,10 @@ double time_steps(moe::Communicator& world, int warmup, int steps, const std::fu
   std::vector<double> times;
   for (int i = 0; i < warmup + steps; ++i) {
     world.barrier();
+    sync_device();
     const auto t0 = Clock::now();
     fn();
+    sync_device();
     const double t = max_over_ranks(world, ms_since(t0));
     if (i >= warmup) times.push_back(t);
   }
@@ -60,6 +72,7 @@ int main(int argc, char** argv) {
   int64_t tokens = 4096, hidden = 512, ffn = 1024, experts = 8, top_k = 2;
   std::string capacity = "1.25", expert_type = "swiglu";
   int steps = 20, warmup = 3;
+  std::string device = "cpu";
   app.add_option("--tokens", tokens, "tokens per rank");
   app.add_option("--hidden", hidden, "hidden size");
   app.add_option("--ffn", ffn, "expert FFN hidden size");
@@ -69,6 +82,7 @@ int main(int argc, char** argv) {
   app.add_option("--expert-type", expert_type, "swiglu | gelu")->check(CLI::IsMember({"swiglu", "gelu"}));
   app.add_option("--steps", steps, "timed steps (median reported)")->check(CLI::Range(1, 100000));
   app.add_option("--warmup", warmup, "untimed steps first");
+  app.add_option("--device", device, "cpu | cuda (GPU local rank % count)")->check(CLI::IsMember({"cpu", "cuda"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -78,6 +92,11 @@ int main(int argc, char** argv) {
   try {
     moe::MpiCommunicator world(MPI_COMM_WORLD);
     const int R = world.size(), me = world.rank();
+    if (device == "cuda") {
+      MOE_CHECK(at::hasCUDA() && torch::cuda::device_count() > 0, "--device cuda: no GPU visible to libtorch");
+      g_device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(world.local_rank() % torch::cuda::device_count()));
+    }
+    const auto on_device = at::TensorOptions().device(g_device);
     const moe::ParallelDims dims(R, me, R, experts);
     moe::ProcessGroups groups = moe::make_process_groups(world, dims);
 
@@ -92,9 +111,10 @@ int main(int argc, char** argv) {
     o.moe.expert_type = expert_type == "gelu" ? moe::ExpertType::kGELU : moe::ExpertType::kSwiGLU;
     at::manual_seed(1);
     moe::MoELayer layer(o, moe::ExpertParallel{dims, groups.ep.get(), &world});
+    layer->to(g_device);
     at::manual_seed(100 + me);
-    const at::Tensor x0 = at::randn({tokens, hidden});
-    const at::Tensor g = at::randn({tokens, hidden});
+    const at::Tensor x0 = at::randn({tokens, hidden}).to(g_device);
+    const at::Tensor g = at::randn({tokens, hidden}).to(g_device);
 
     // The layer: forward and backward, with the breakdown of the forward.
     std::vector<moe::PhaseTimes> phases;
@@ -106,11 +126,14 @@ int main(int argc, char** argv) {
       layer->zero_grad();
       at::Tensor x = x0.clone().requires_grad_(true);
       world.barrier();
+      sync_device();
       const auto t0 = Clock::now();
       moe::MoEOutput out = layer->forward(x);
       const at::Tensor loss = (out.y * g).sum() + out.routing.loss;
+      sync_device();
       const auto t1 = Clock::now();
       loss.backward();
+      sync_device();
       const double bwd = ms_since(t1), total = ms_since(t0);
       if (i >= warmup) {
         phases.push_back(pt);
@@ -127,11 +150,12 @@ int main(int argc, char** argv) {
     // Token counts of the last step, for the floors: what this rank sends to each rank, what its
     // local experts receive.
     const int64_t El = dims.num_local_experts;
-    const at::Tensor send_counts = last.tokens_per_expert_E.view({R, El}).sum(1).contiguous();
+    const at::Tensor counts_E = last.tokens_per_expert_E.cpu();
+    const at::Tensor send_counts = counts_E.view({R, El}).sum(1).contiguous();
     at::Tensor recv_counts = at::empty({R}, at::kLong);
     MOE_MPI_CHECK(MPI_Alltoall(send_counts.data_ptr(), 1, MPI_INT64_T, recv_counts.data_ptr(), 1, MPI_INT64_T,
                                world.comm()));
-    at::Tensor per_expert = last.tokens_per_expert_E.contiguous();
+    at::Tensor per_expert = counts_E.contiguous();
     at::Tensor all_counts = per_expert.clone();
     world.all_reduce(all_counts, moe::ReduceOp::kSum);
     // Tokens each local expert received from all ranks.
@@ -148,11 +172,11 @@ int main(int argc, char** argv) {
     for (int64_t j = 0; j < El; ++j) {
       const int64_t n = local_tokens[j].item<int64_t>();
       ExpertBufs b;
-      b.x = at::randn({n, hidden});
-      for (at::Tensor* t : {&b.h1, &b.h3, &b.h, &b.dh, &b.dh1, &b.dh3}) *t = at::randn({n, ffn});
-      for (at::Tensor* t : {&b.y, &b.dy, &b.dx}) *t = at::randn({n, hidden});
-      for (at::Tensor* t : {&b.dw1, &b.dw3}) *t = at::empty({hidden, ffn});
-      b.dw2 = at::empty({ffn, hidden});
+      b.x = at::randn({n, hidden}, on_device);
+      for (at::Tensor* t : {&b.h1, &b.h3, &b.h, &b.dh, &b.dh1, &b.dh3}) *t = at::randn({n, ffn}, on_device);
+      for (at::Tensor* t : {&b.y, &b.dy, &b.dx}) *t = at::randn({n, hidden}, on_device);
+      for (at::Tensor* t : {&b.dw1, &b.dw3}) *t = at::empty({hidden, ffn}, on_device);
+      b.dw2 = at::empty({ffn, hidden}, on_device);
       bufs.push_back(b);
     }
     const at::Tensor& w1 = layer->experts->w1;
@@ -176,6 +200,15 @@ int main(int argc, char** argv) {
         }
       }
     });
+
+    // The GEMM rate of this device and dtype: one plain [tokens, hidden] x [hidden, ffn] product.
+    const at::Tensor ga = at::randn({tokens, hidden}, on_device), gb = at::randn({hidden, ffn}, on_device);
+    at::Tensor gc = at::empty({tokens, ffn}, on_device);
+    const double gemm_ms = time_steps(world, warmup, steps, [&] { at::mm_out(gc, ga, gb); });
+    const double gemm_tflops = 2.0 * tokens * hidden * ffn / (gemm_ms * 1e-3) / 1e12;
+    // The layer's useful FLOPs: its experts' GEMMs, forward and backward, on the tokens they received.
+    const double expert_flops =
+        (swiglu ? 18.0 : 12.0) * static_cast<double>(local_tokens.sum().item<int64_t>()) * hidden * ffn;
 
     // Communication floor: raw MPI_Alltoallv of the same rows, dispatch and combine, forward and backward.
     std::vector<int> sc(R), sd(R), rc(R), rd(R);
@@ -209,6 +242,7 @@ int main(int argc, char** argv) {
                  combine = phase_median(&moe::PhaseTimes::combine),
                  unpermute = phase_median(&moe::PhaseTimes::unpermute);
     const double step_ms = median(layer_ms), backward = median(backward_ms);
+    const double layer_tflops = expert_flops / (step_ms * 1e-3) / 1e12;
     at::Tensor dropped = at::full({1}, last.num_dropped, at::kLong);
     world.all_reduce(dropped, moe::ReduceOp::kSum);
 
@@ -228,10 +262,19 @@ int main(int argc, char** argv) {
                   step_ms);
       std::printf("floors: compute (expert GEMMs) %.2f ms, communication (4 x MPI_Alltoallv) %.2f ms\n",
                   compute_floor, comm_floor);
-      nlohmann::json j = {{"layer_ms", step_ms},
+      std::printf("rate on %s (rank 0): layer %.2f TFLOP/s of expert GEMMs; a plain %lldx%lldx%lld GEMM %.2f TFLOP/s "
+                  "(%.3f ms); ratio %.3f\n",
+                  g_device.str().c_str(), layer_tflops, (long long)tokens, (long long)hidden, (long long)ffn,
+                  gemm_tflops, gemm_ms, layer_tflops / gemm_tflops);
+      nlohmann::json j = {{"device", g_device.str()},
+                          {"dtype", "float32"},
+                          {"layer_ms", step_ms},
                           {"compute_floor_ms", compute_floor},
                           {"comm_floor_ms", comm_floor},
-                          {"ratio", step_ms / (compute_floor + comm_floor)}};
+                          {"ratio", step_ms / (compute_floor + comm_floor)},
+                          {"layer_tflops", layer_tflops},
+                          {"gemm_tflops", gemm_tflops},
+                          {"ratio_to_gemm", layer_tflops / gemm_tflops}};
       std::printf("%s\n", j.dump().c_str());
     }
   } catch (const std::exception& e) {

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "core/check.h"
+#include "parallel/parallel_options.h"
 
 #ifndef MOE_VERSION
 #define MOE_VERSION "unknown"
@@ -17,7 +18,8 @@ namespace moe {
 int parse_command_line(int argc, char** argv, CommandLine& c) {
   CLI::App app{"moe: train Mixture-of-Experts transformer language models with expert parallelism.\n"
                "Run one process per rank: mpirun -np N moe train CONFIG.yaml"};
-  app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);
+  app.set_version_flag("--version", std::string("moe ") + MOE_VERSION + " (backends: mpi" +
+                                        (nccl_built() ? ", nccl" : "") + ")");
   app.require_subcommand(0, 1);
 
   CLI::App* train = app.add_subcommand("train", "Train the model a config describes (run under mpirun)");

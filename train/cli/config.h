@@ -21,7 +21,17 @@ struct DataOptions {
   int64_t seq_len = 256;
 };
 
+// Where a rank's tensors live. auto: its GPU when libtorch has CUDA and a GPU is visible, else the CPU
+// (train/device.h picks the GPU: local rank modulo the GPUs visible).
+enum class DeviceKind { kAuto, kCpu, kCuda };
+inline const EnumNames<DeviceKind>& enum_names(DeviceKind) {
+  static const EnumNames<DeviceKind> names = {
+      {"auto", DeviceKind::kAuto}, {"cpu", DeviceKind::kCpu}, {"cuda", DeviceKind::kCuda}};
+  return names;
+}
+
 struct TrainOptions {
+  DeviceKind device = DeviceKind::kAuto;
   int64_t steps = 100;
   int64_t micro_batch_size = 8;    // sequences per rank per forward
   int64_t global_batch_size = 16;  // sequences per optimizer step, over all ranks
@@ -66,12 +76,14 @@ void visit_job_options(C& c, Visitor& v) {  // C: Config, const or not
   constexpr double kInf = std::numeric_limits<double>::infinity();
   v.integer("parallel.expert_parallel_size", c.parallel.expert_parallel_size, 1);
   v.choice("parallel.backend", c.parallel.backend);
+  v.real("parallel.timeout_s", c.parallel.timeout_s, 0, false, kInf);
   auto& d = c.data;
   v.text("data.train_path", d.train_path);
   v.text("data.val_path", d.val_path);
   v.choice("data.dtype", d.dtype, {"uint16", "uint32"});
   v.integer("data.seq_len", d.seq_len, 1);
   auto& t = c.train;
+  v.choice("train.device", t.device);
   v.integer("train.steps", t.steps, 1);
   v.integer("train.micro_batch_size", t.micro_batch_size, 1);
   v.integer("train.global_batch_size", t.global_batch_size, 1);

@@ -1,0 +1,50 @@
+#include "train/device.h"
+
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/cuda.h>
+
+#include "core/check.h"
+
+namespace moe {
+
+at::Device select_device(DeviceKind requested, int local_rank) {
+  const bool built = at::hasCUDA();
+  const auto count = static_cast<int>(built ? torch::cuda::device_count() : 0);
+  if (requested == DeviceKind::kCpu || (requested == DeviceKind::kAuto && count == 0)) return at::kCPU;
+  MOE_INPUT_CHECK(built, "train.device: cuda: this libtorch was built without CUDA (build moe against a CUDA "
+                  "libtorch, see docs/gpu.md), or set train.device: cpu");
+  MOE_INPUT_CHECK(count > 0, "train.device: cuda: libtorch has CUDA but sees no GPU (CUDA_VISIBLE_DEVICES='",
+                  std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "", "'), "
+                  "or set train.device: cpu");
+  const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % count));
+  // The current device too, so that libtorch's handles, its caching allocator and NCCL's context are
+  // made on this GPU and not on GPU 0.
+  c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
+  return device;
+}
+
+Backend select_backend(Backend requested, const at::Device& device) {
+  if (requested == Backend::kAuto) return device.is_cuda() && nccl_built() ? Backend::kNccl : Backend::kMpi;
+  MOE_INPUT_CHECK(requested != Backend::kNccl || device.is_cuda(), "parallel.backend: nccl needs CUDA tensors, "
+                  "but this run's device is ", describe(device), " (train.device); use mpi or auto on the CPU");
+  return requested;
+}
+
+std::string describe(const at::Device& device) {
+  if (!device.is_cuda()) return device.str();
+  return device.str() + " (" + std::to_string(torch::cuda::device_count()) + " GPUs visible)";
+}
+
+RankPlacement select_placement(const Config& config, int local_rank) {
+  RankPlacement p;
+  p.device = select_device(config.train.device, local_rank);
+  p.backend = select_backend(config.parallel.backend, p.device);
+  return p;
+}
+
+std::unique_ptr<Communicator> make_communicator(const RankPlacement& placement, const Config& config) {
+  return make_communicator(placement.backend, placement.device.is_cuda() ? placement.device.index() : -1,
+                           config.parallel.timeout_s);
+}
+
+}  // namespace moe

@@ -1,0 +1,39 @@
+#pragma once
+// Device placement: which device a rank's tensors live on (train.device) and which backend carries its
+// collectives (parallel.backend), decided once at start, before any work, so that a run asking for what
+// this machine lacks stops with one message (bad input, exit 2) naming the key.
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+
+#include "parallel/communicator.h"
+#include "parallel/parallel_options.h"
+#include "train/cli/config.h"
+
+namespace moe {
+
+// auto: cuda when libtorch has CUDA and a GPU is visible, else cpu. On cuda, GPU local_rank % count
+// (local_rank: this rank's index among the ranks of its node), made the current device.
+at::Device select_device(DeviceKind requested, int local_rank);
+
+// auto: nccl on cuda where this build has it, else mpi (which stages CUDA tensors through host memory).
+// nccl on the CPU is refused.
+Backend select_backend(Backend requested, const at::Device& device);
+
+// "cuda:1 (2 GPUs visible)" or "cpu".
+std::string describe(const at::Device& device);
+
+struct RankPlacement {
+  at::Device device = at::kCPU;
+  Backend backend = Backend::kMpi;
+};
+
+// Both of the above for `config` (local, throws bad input): run it inside all_ranks_succeed.
+RankPlacement select_placement(const Config& config, int local_rank);
+
+// The world communicator of the placement (make_communicator). Collective: call it on every rank, after
+// every rank has its placement.
+std::unique_ptr<Communicator> make_communicator(const RankPlacement& placement, const Config& config);
+
+}  // namespace moe
