@@ -2,6 +2,8 @@
 
 #include <torch/autograd.h>
 
+#include <numeric>
+
 #include "core/check.h"
 
 namespace moe {
@@ -10,12 +12,6 @@ namespace {
 std::vector<int64_t> to_vector(const at::Tensor& t) {
   const at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
   return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
-}
-
-int64_t sum(const std::vector<int64_t>& v, size_t begin = 0, size_t end = SIZE_MAX) {
-  int64_t total = 0;
-  for (size_t i = begin; i < std::min(end, v.size()); ++i) total += v[i];
-  return total;
 }
 
 at::Tensor exchange_rows(Communicator& comm, const at::Tensor& x, const std::vector<int64_t>& send_rows,
@@ -54,9 +50,12 @@ class AllToAllV : public torch::autograd::Function<AllToAllV> {
 
 Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Routing& routing) {
   ScopedPhase timer(times_, &PhaseTimes::permute);
+  MOE_CHECK(static_cast<int64_t>(routing.tokens_per_expert.size()) == num_experts_, "token dispatcher: the routing holds ",
+            routing.tokens_per_expert.size(), " host counts for ", num_experts_, " experts");
   Dispatched d;
   d.handle.permutation =
-      make_permutation(routing.expert_ids_TK, routing.keep_TK, num_experts_, sum(routing.tokens_per_expert));
+      make_permutation(routing.expert_ids_TK, routing.keep_TK, num_experts_,
+                       std::accumulate(routing.tokens_per_expert.begin(), routing.tokens_per_expert.end(), int64_t{0}));
   d.handle.probs_TK = routing.probs_TK;
   d.x_ND = permute(x_TD, d.handle.permutation);
   return d;
@@ -113,7 +112,8 @@ Dispatched AllToAllTokenDispatcher::dispatch(const at::Tensor& x_TD, const Routi
   ep_group_.all_to_all_v(send_counts.view({dims_.num_experts, 1}), std::vector<int64_t>(R, El), recv_counts,
                          std::vector<int64_t>(R, El));
   h.send_rows.resize(R);
-  for (int r = 0; r < R; ++r) h.send_rows[r] = sum(routing.tokens_per_expert, r * El, (r + 1) * El);
+  const auto counts = routing.tokens_per_expert.begin();
+  for (int r = 0; r < R; ++r) h.send_rows[r] = std::accumulate(counts + r * El, counts + (r + 1) * El, int64_t{0});
   // Host sync: the counts received size the exchange and the local experts' GEMMs.
   const std::vector<int64_t> recv = to_vector(recv_counts_RL);
   h.recv_rows.assign(R, 0);

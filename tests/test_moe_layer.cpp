@@ -252,19 +252,21 @@ TEST(MoELayerEdges, OneExpert) {
   const at::Tensor x = at::randn({c.T, c.D});
   expect_matches_reference(c, layer, x);
   // One expert, softmax, renormalised: the layer is that expert's FFN.
-  const at::Tensor y = layer->forward(x).y;
-  EXPECT_TRUE(testing::close(y, layer->experts->forward_reference(x, {c.T}), 1e-6));
+  const at::Tensor xd = x.to(testing::device());
+  const at::Tensor y = layer->forward(xd).y;
+  EXPECT_TRUE(testing::close(y, layer->experts->forward_reference(xd, {c.T}), 1e-6));
 }
 
 TEST(MoELayerEdges, NaNInputIsAClearError) {
   Case c;
   MoELayer layer(options_for(c));
+  layer->to(testing::device());
   at::Tensor x = at::randn({c.T, c.D});
   x[7][0] = std::numeric_limits<float>::quiet_NaN();
   EXPECT_THROW(
       {
         try {
-          layer->forward(x);
+          layer->forward(x.to(testing::device()));
         } catch (const Error& e) {
           EXPECT_NE(std::string(e.what()).find("NaN or Inf"), std::string::npos);
           throw;
@@ -307,19 +309,21 @@ TEST(MoELayerEdges, EvalUsesEvalCapacityFactor) {
   TransformerOptions o = options_for(c);
   o.moe.router.eval_capacity_factor = 2.0;
   MoELayer layer(o);
+  layer->to(testing::device());
   const at::Tensor x = at::randn({c.T, c.D});
   layer->eval();
-  EXPECT_EQ(layer->forward(x).routing.capacity, 12);  // ceil(2.0 * 24 * 2 / 8)
+  EXPECT_EQ(layer->forward(x.to(testing::device())).routing.capacity, 12);  // ceil(2.0 * 24 * 2 / 8)
   expect_matches_reference(c, layer, x, /*training=*/false);
   layer->train();
-  EXPECT_EQ(layer->forward(x).routing.capacity, 5);  // ceil(0.75 * 24 * 2 / 8)
+  EXPECT_EQ(layer->forward(x.to(testing::device())).routing.capacity, 5);  // ceil(0.75 * 24 * 2 / 8)
 }
 
 TEST(MoELayerEdges, KeepsLeadingDimensions) {
   at::manual_seed(15);
   Case c;
   MoELayer layer(options_for(c));
-  const at::Tensor x = at::randn({2, 12, c.D});
+  layer->to(testing::device());
+  const at::Tensor x = at::randn({2, 12, c.D}).to(testing::device());
   const at::Tensor y = layer->forward(x).y;
   EXPECT_EQ(y.sizes(), x.sizes());
   EXPECT_TRUE(testing::close(y.view({24, c.D}), layer->forward(x.view({24, c.D})).y, 1e-7));

@@ -66,6 +66,9 @@ at::Tensor global_grad_norm(const ParameterList& params, Communicator* ep_group)
 
 void clip_grads(const ParameterList& params, const at::Tensor& norm, double max_norm) {
   if (max_norm <= 0) return;
+  // On the CPU the norm is at hand: no pass over the gradients when nothing is clipped. On a GPU reading
+  // it would wait for the step's queued work, so the scale (1 when unclipped) is applied regardless.
+  if (norm.is_cpu() && !(norm.item<double>() > max_norm)) return;
   at::NoGradGuard no_grad;
   // min(1, max_norm / (norm + 1e-6)), but exactly 1 unless norm > max_norm (NaN compares false).
   const at::Tensor scale = at::where(norm > max_norm, max_norm / (norm + 1e-6), at::ones_like(norm));
