@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
         });
         spdlog::info("device {}, backend {}", moe::describe(placement.device), moe::enum_name(placement.backend));
         const std::unique_ptr<moe::Communicator> comm = moe::make_communicator(placement, config);
-        moe::Trainer trainer(config, *comm, placement.device, cl.resume);
+        moe::Trainer trainer(config, *comm, world, placement.device, cl.resume);
         const double loss = trainer.train();
         if (trainer.stopped_by() != 0) return 128 + trainer.stopped_by();
         spdlog::info("done: validation loss {:.4f} (nats per token) after {} steps; run directory {}", loss,

@@ -1,5 +1,7 @@
 #include "train/step_stats.h"
 
+#include "core/check.h"
+
 namespace moe {
 
 StepStats::StepStats(int64_t num_moe_layers, int64_t num_experts, at::Device device)
@@ -22,7 +24,7 @@ void StepStats::add(const at::Tensor& lm_loss, const std::vector<Routing>& routi
   }
 }
 
-void StepStats::finish(Communicator& world, const at::Tensor& norm) {
+void StepStats::reduce(Communicator& world, const at::Tensor& norm) {
   const int64_t counts = kept_LE_.numel();
   // Filled on the device: a copy from the host would wait for the step's queued work.
   at::Tensor host_counts = at::empty({2}, scalars_.options());
@@ -30,22 +32,30 @@ void StepStats::finish(Communicator& world, const at::Tensor& norm) {
   host_counts[1].fill_(assignments);
   at::Tensor packed = at::cat({scalars_, host_counts, kept_LE_.reshape({-1}), routed_per_expert_LE.reshape({-1})});
   world.all_reduce(packed, ReduceOp::kSum);
-  at::Tensor stop = at::full({1}, static_cast<double>(stop_signal), at::kDouble);
-  world.all_reduce(stop, ReduceOp::kMax);
   routed_per_expert_LE.copy_(packed.narrow(0, 5 + counts, counts).view(routed_per_expert_LE.sizes()));
-  // Host sync: the step's metrics, once.
-  const at::Tensor host = at::cat({packed.narrow(0, 0, 5 + counts), norm.to(at::kDouble).reshape({1})})
-                              .to(at::kCPU)
-                              .contiguous();
+  packed_ = at::cat({packed.narrow(0, 0, 5 + counts), norm.to(at::kDouble).reshape({1})});
+}
+
+void StepStats::read_all(const std::vector<StepStats*>& steps) {
+  if (steps.empty()) return;
+  std::vector<at::Tensor> parts;
+  for (const StepStats* s : steps) {
+    MOE_CHECK(s->packed_.defined(), "step stats: read before reduce");
+    parts.push_back(s->packed_);
+  }
+  const at::Tensor host = at::cat(parts).to(at::kCPU).contiguous();  // host sync: the interval's metrics
   const double* p = host.data_ptr<double>();
-  lm_loss = p[0];
-  aux_loss = p[1];
-  z_loss = p[2];
-  dropped = p[3];
-  assignments = p[4];
-  tokens_per_expert_LE = host.narrow(0, 5, counts).view(kept_LE_.sizes()).clone();
-  grad_norm = p[5 + counts];
-  stop_signal = static_cast<int>(stop.item<double>());
+  for (StepStats* s : steps) {
+    const int64_t counts = s->kept_LE_.numel();
+    s->lm_loss = p[0];
+    s->aux_loss = p[1];
+    s->z_loss = p[2];
+    s->dropped = p[3];
+    s->assignments = p[4];
+    s->tokens_per_expert_LE = at::from_blob(const_cast<double*>(p + 5), s->kept_LE_.sizes(), at::kDouble).clone();
+    s->grad_norm = p[5 + counts];
+    p += 6 + counts;
+  }
 }
 
 }  // namespace moe

@@ -1,7 +1,8 @@
 #pragma once
 // What one training step reports. While the step runs, the sums stay on the run's device (add() queues
-// small tensor ops, no host sync); finish() sums them over the ranks in one packed float64 all-reduce and
-// brings them, with the gradient norm, to the host in one copy: the step's one metrics sync.
+// small tensor ops, no host sync); reduce() sums them over the ranks in one packed float64 all-reduce,
+// still on the device. read_all() brings the steps of a whole log interval to the host in one copy:
+// the run's one metrics sync.
 #include <ATen/ATen.h>
 
 #include <vector>
@@ -16,30 +17,30 @@ struct StepStats {
 
   // Adds one micro-batch: its mean next-token loss and the routings of its MoE layers, in order.
   void add(const at::Tensor& lm_loss, const std::vector<Routing>& routings);
-  // Collective over `world`: every sum becomes its sum over the ranks, stop_signal its maximum, and the
-  // host fields below are filled; `grad_norm` (a scalar on the device, already global) is read back too.
-  void finish(Communicator& world, const at::Tensor& grad_norm);
+  // Collective over `world`: every sum becomes its sum over the ranks; `grad_norm` (a scalar on the
+  // device, already global) is kept with them. No host sync.
+  void reduce(Communicator& world, const at::Tensor& grad_norm);
+  // Host sync, one for all of `steps` (each reduced): fills their host fields.
+  static void read_all(const std::vector<StepStats*>& steps);
 
-  // On the host after finish(): sums over micro-batches and ranks.
+  // On the host after read_all(): sums over micro-batches and ranks.
   double lm_loss = 0;      // of each micro-batch's mean next-token loss
   double aux_loss = 0;     // of each micro-batch's mean over MoE layers of the unscaled balance loss
   double z_loss = 0;       // likewise for the router z-loss
   double dropped = 0;      // assignments dropped by capacity
   double assignments = 0;  // assignments routed (tokens x top_k, every MoE layer)
   at::Tensor tokens_per_expert_LE;  // float64 [MoE layers, experts] on the host: assignments kept
-  // The signal (SIGTERM, SIGINT) this rank was stopped by, 0 for none; the max over ranks after
-  // finish(), so every rank agrees to stop.
-  int stop_signal = 0;
   double grad_norm = 0;
-  double lr = 0;
+  double lr = 0;           // set by the trainer
 
   // On the device: assignments per expert before capacity (the balancing load), summed over ranks by
-  // finish() so that every rank moves its expert bias alike.
+  // reduce() so that every rank moves its expert bias alike.
   at::Tensor routed_per_expert_LE;
 
  private:
   at::Tensor scalars_;  // float64 [lm_loss, aux_loss, z_loss] on the device
   at::Tensor kept_LE_;  // float64 [MoE layers, experts] on the device
+  at::Tensor packed_;   // after reduce(): [scalars, dropped, assignments, kept, grad_norm]
 };
 
 }  // namespace moe

@@ -26,9 +26,11 @@ double now_seconds() {
 
 }  // namespace
 
-Trainer::Trainer(const Config& config, Communicator& world, at::Device device, const std::string& resume)
+Trainer::Trainer(const Config& config, Communicator& world, Communicator& control, at::Device device,
+                 const std::string& resume)
     : config_(config),
       world_(world),
+      control_(control),
       device_(device),
       dims_(world.size(), world.rank(), static_cast<int>(config.parallel.expert_parallel_size),
             config.model.moe.router.num_experts),
@@ -37,7 +39,7 @@ Trainer::Trainer(const Config& config, Communicator& world, at::Device device, c
   accumulation_ = config_.accumulation_steps(world.size());
   // Local checks first, agreed by every rank: a missing file on one rank must not leave the others
   // waiting in a collective.
-  all_ranks_succeed(world_, [&] {
+  all_ranks_succeed(control_, [&] {
     const int64_t window = config_.data.seq_len + 1;
     train_data_ = std::make_unique<TokenFile>(config_.data.train_path, config_.data.dtype,
                                               config_.model.vocab_size, window);
@@ -68,7 +70,7 @@ Trainer::Trainer(const Config& config, Communicator& world, at::Device device, c
   optimizer_ = std::make_unique<AdamW>(model_->parameter_records(), ao);
 
   if (!resume.empty()) {
-    all_ranks_succeed(world_, [&] {
+    all_ranks_succeed(control_, [&] {
       const std::string dir = resolve_checkpoint(t.out_dir + "/checkpoints", resume);
       CheckpointState state = checkpoint_state();
       const bool same_world = load_checkpoint(dir, state, dims_);
@@ -119,18 +121,23 @@ double Trainer::train() {
   std::signal(SIGINT, on_stop_signal);
   for (int64_t step = start_step_ + 1; step <= t.steps; ++step) {
     const double start = now_seconds();
-    const StepStats stats = train_step(step);
+    StepStats stats = train_step(step);
     const double seconds = now_seconds() - start;
     elapsed_ += seconds;
-    report(step, stats, seconds);
-    if (stats.stop_signal > 0) {  // a rank got SIGTERM or SIGINT: save, then stop
-      stopped_by_ = stats.stop_signal;
+    pending_.push_back({step, std::move(stats), seconds});
+    const int stop = agreed_stop_signal();
+    const bool save_now = config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0;
+    const bool eval_now = (t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps;
+    // Before a save too: a non-finite loss stops the run before its weights are written.
+    if (stop > 0 || save_now || eval_now || step % t.log_every == 0 || step == 1) flush();
+    if (stop > 0) {  // a rank got SIGTERM or SIGINT: save, then stop
+      stopped_by_ = stop;
       save(step);
       spdlog::warn("stopped by signal {} after step {}; continue with --resume latest", stopped_by_, step);
       return NAN;
     }
-    if (config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0) save(step);
-    if ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps) {
+    if (save_now) save(step);
+    if (eval_now) {
       val_loss = evaluate();
       const int64_t tokens = step * t.global_batch_size * config_.data.seq_len;
       spdlog::info("eval step {}: validation loss {:.4f} after {} tokens ({} of training)", step, val_loss, tokens,
@@ -157,7 +164,7 @@ void Trainer::save(int64_t step) {
   CheckpointState state = checkpoint_state();
   state.step = step;
   state.train_seconds = elapsed_;
-  save_checkpoint(config_.train.out_dir + "/checkpoints", state, to_yaml(config_), world_, dims_,
+  save_checkpoint(config_.train.out_dir + "/checkpoints", state, to_yaml(config_), control_, dims_,
                   config_.checkpoint.keep_last);
   last_saved_ = step;
 }
@@ -192,14 +199,29 @@ StepStats Trainer::train_step(int64_t step) {
   stats.lr = learning_rate(step, t.steps, t.warmup_steps, t.lr, t.min_lr);
   optimizer_->step(stats.lr);
 
-  stats.stop_signal = g_signal;
-  stats.finish(world_, grad_norm);
-  MOE_CHECK(std::isfinite(stats.lm_loss), "the training loss is not finite at step ", step,
-            " (lower train.lr or set train.grad_clip)");
+  stats.reduce(world_, grad_norm);
   // Aux-loss-free balancing: every rank moves its bias by the loads of the whole global batch, so the
   // replicated routers stay identical.
   for (int64_t l = 0; l < num_moe; ++l) moe_layers_[l]->router->update_expert_bias(stats.routed_per_expert_LE[l]);
   return stats;
+}
+
+int Trainer::agreed_stop_signal() {
+  at::Tensor stop = at::full({1}, static_cast<double>(g_signal), at::kDouble);
+  control_.all_reduce(stop, ReduceOp::kMax);
+  return static_cast<int>(stop.item<double>());
+}
+
+void Trainer::flush() {
+  std::vector<StepStats*> steps;
+  for (Pending& p : pending_) steps.push_back(&p.stats);
+  StepStats::read_all(steps);
+  for (const Pending& p : pending_) {
+    MOE_CHECK(std::isfinite(p.stats.lm_loss), "the training loss is not finite at step ", p.step,
+              " (lower train.lr or set train.grad_clip)");
+    report(p.step, p.stats, p.seconds);
+  }
+  pending_.clear();
 }
 
 void Trainer::report(int64_t step, const StepStats& stats, double seconds) {

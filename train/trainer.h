@@ -4,7 +4,8 @@
 // A step: for each of the accumulation micro-batches, forward, loss = (LM loss + router losses) /
 // accumulation, backward; then synchronise gradients (GradSync), clip by the global norm, AdamW with
 // the scheduled learning rate, move the routers' expert bias (aux-loss-free balancing) by the loads of
-// the whole global batch, and report.
+// the whole global batch. The step's statistics stay on the device; they are read and reported once per
+// log interval (flush), the run's one metrics sync with the host.
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,10 +27,13 @@ class Trainer {
  public:
   // Builds the model (its experts sharded over the EP groups), opens the data and the run directory
   // (rank 0 writes config.yaml and metrics.jsonl there). `world`: the communicator of the config's
-  // backend (make_communicator); `device`: where this rank's model, optimizer state and batches live
-  // (select_device). `resume`: "" for a new run, "latest" or a checkpoint directory to continue from
-  // (metrics.jsonl then keeps the records up to that step).
-  Trainer(const Config& config, Communicator& world, at::Device device = at::kCPU, const std::string& resume = "");
+  // backend (make_communicator), for the model's tensors; `control`: MPI's world, for what the host
+  // agrees on (inputs, errors, stop signals, checkpoint bookkeeping) without touching the device; the two
+  // may be one. `device`: where this rank's model, optimizer state and batches live (select_device).
+  // `resume`: "" for a new run, "latest" or a checkpoint directory to continue from (metrics.jsonl then
+  // keeps the records up to that step).
+  Trainer(const Config& config, Communicator& world, Communicator& control, at::Device device = at::kCPU,
+          const std::string& resume = "");
 
   // Runs the steps up to train.steps with evaluations every train.eval_every steps and at the end, and
   // checkpoints every checkpoint.every steps, at the end, and on SIGTERM or SIGINT (then stops).
@@ -40,7 +44,8 @@ class Trainer {
 
   // One optimizer step (1-based) over the global batch of `step`: forward and backward over this
   // rank's micro-batches, gradient sync, clipping, AdamW, the expert-bias update; the statistics summed
-  // over the ranks. The synchronised gradients stay on the parameters until the next step.
+  // over the ranks, on the device until StepStats::read_all. The synchronised gradients stay on the
+  // parameters until the next step.
   StepStats train_step(int64_t step);
 
   Transformer& model() { return model_; }
@@ -48,12 +53,23 @@ class Trainer {
   int stopped_by() const { return stopped_by_; }
 
  private:
+  struct Pending {
+    int64_t step;
+    StepStats stats;
+    double seconds;
+  };
+  // Reads the steps run since the last flush in one host copy, stops on a non-finite loss, and reports
+  // them (log line, metrics.jsonl). At every log interval, evaluation, checkpoint and stop.
+  void flush();
   void report(int64_t step, const StepStats& stats, double seconds);
+  // The largest stop signal (SIGTERM, SIGINT) any rank received, 0 for none; over `control`.
+  int agreed_stop_signal();
   CheckpointState checkpoint_state();
   void save(int64_t step);
 
   Config config_;
   Communicator& world_;
+  Communicator& control_;
   at::Device device_;
   ParallelDims dims_;
   ProcessGroups groups_;
@@ -63,6 +79,7 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<TokenFile> train_data_, val_data_;
   std::unique_ptr<MetricsLog> metrics_;  // rank 0 only
+  std::vector<Pending> pending_;
   int64_t accumulation_ = 1;
   int64_t start_step_ = 0;  // the step a resumed run continues after
   int64_t last_saved_ = -1;
