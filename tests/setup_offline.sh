@@ -20,7 +20,7 @@ mkdir -p "$WORK/repo/scripts"
 cp "$SRC/scripts/setup.sh" "$WORK/repo/scripts/"
 "$WORK/repo/scripts/setup.sh" --offline "$WORK/debs"
 out=$("$WORK/repo/scripts/setup.sh" --offline "$WORK/nothing" 2>&1) && fail "--offline of a missing folder succeeded"
-echo "$out" | grep -q "no such directory" || fail "--offline of a missing folder said: $out"
+[[ "$out" == *"no such directory"* ]] || fail "--offline of a missing folder said: $out"
 P=$WORK/repo/.deps/root/usr
 (
   # shellcheck disable=SC1091
@@ -31,7 +31,8 @@ P=$WORK/repo/.deps/root/usr
   MPI_Allreduce(&x, &y, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD); if (!r) printf("sum %%d of %%d ranks\\n", y, s);
   MPI_Finalize(); return 0; }\n' > "$WORK/hello.c"
   mpicc "$WORK/hello.c" -o "$WORK/hello"
-  ldd "$WORK/hello" | grep -q "libmpi.so.40 => $P/" || fail "hello does not load the unpacked libmpi: $(ldd "$WORK/hello" | grep mpi)"
+  libs=$(ldd "$WORK/hello")  # whole, then matched: grep -q closing the pipe early would fail it under pipefail
+  [[ "$libs" == *"libmpi.so.40 => $P/"* ]] || fail "hello does not load the unpacked libmpi: $libs"
   got=$(OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 2 "$WORK/hello")
   [ "$got" = "sum 3 of 2 ranks" ] || fail "mpirun of hello printed '$got'"
   echo "ok: mpicc and mpirun from .deps: $got"

@@ -128,7 +128,7 @@ check dense_with_ep "FILE:2: parallel.expert_parallel_size (2) must be 1 for a d
 parallel:
   expert_parallel_size: 2
 Y
-if ! "$MOE" --version | grep -q nccl; then
+if [[ "$("$MOE" --version)" != *nccl* ]]; then
   check nccl_not_built "FILE:2: parallel.backend nccl: this moe was built without NCCL" <<'Y'
 parallel:
   backend: nccl

@@ -22,7 +22,7 @@ if [ "$gpus" -eq 0 ]; then
     refuse cuda_without_gpu "$np" "train.device: cuda: " --set train.device=cuda
   done
 fi
-if "$MOE" --version | grep -q nccl; then
+if [[ "$("$MOE" --version)" == *nccl* ]]; then
   for np in 1 2; do
     refuse nccl_on_cpu "$np" "parallel.backend: nccl needs CUDA tensors, but this run's device is cpu" \
       --set train.device=cpu --set parallel.backend=nccl
