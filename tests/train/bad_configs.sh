@@ -147,6 +147,24 @@ Y
 check not_a_mapping "FILE:1: expected a mapping of sections" <<'Y'
 - model
 Y
+check duplicate_key "FILE:3: model.hidden_size is given twice (first at FILE:2)" <<'Y'
+model:
+  hidden_size: 64
+  hidden_size: 32
+Y
+check duplicate_section "FILE:3: train is given twice (first at FILE:1)" <<'Y'
+train:
+  steps: 5
+train:
+  lr: 0.1
+Y
+check second_document "FILE:4: a second YAML document: a config is one document (no ---)" <<'Y'
+model:
+  hidden_size: 64
+---
+model:
+  hidden_size: 32
+Y
 check set_unknown_key "--set moe.experts=4: moe.experts is not a config key (did you mean moe.num_experts?)" --set moe.experts=4 <<<"$MODEL"
 check set_bad_value "--set train.lr=fast: train.lr expected a number, got 'fast'" --set train.lr=fast <<<"$MODEL"
 check set_no_equals "--set train.lr: expected key.path=value" --set train.lr <<<"$MODEL"

@@ -227,7 +227,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   Places places(path);
   YAML::Node root;
   try {
-    root = YAML::LoadFile(path);
+    const std::vector<YAML::Node> documents = YAML::LoadAllFromFile(path);
+    if (documents.size() > 1) {
+      throw Error(line_of(path, documents[1]) + ": a second YAML document: a config is one document (no ---)",
+                  /*bad_input=*/true);
+    }
+    if (!documents.empty()) root = documents.front();
   } catch (const YAML::BadFile&) {
     throw Error("cannot read config file " + path, /*bad_input=*/true);
   } catch (const YAML::ParserException& e) {
@@ -235,8 +240,16 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   }
   if (!root.IsNull()) {
     if (!root.IsMap()) throw Error(line_of(path, root) + ": expected a mapping of sections (model:, moe:, ...)", true);
+    // YAML forbids a key twice in one mapping, but yaml-cpp keeps both: the later would silently win.
+    std::map<std::string, std::string> seen;  // section or key -> where it was first given
+    const auto once = [&](const std::string& what, const YAML::Node& node) {
+      const std::string here = line_of(path, node);
+      const auto [it, fresh] = seen.emplace(what, here);
+      if (!fresh) throw Error(here + ": " + what + " is given twice (first at " + it->second + ")", /*bad_input=*/true);
+    };
     for (const auto& section : root) {
       const std::string name = section.first.as<std::string>();
+      once(name, section.first);
       const bool known = std::any_of(schema.fields().begin(), schema.fields().end(),
                                      [&](const Field& f) { return f.key.rfind(name + ".", 0) == 0; });
       if (!known) {
@@ -251,6 +264,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
       }
       for (const auto& item : section.second) {
         const std::string key = name + "." + item.first.as<std::string>();
+        once(key, item.first);
         apply(schema, places, key, item.second, line_of(path, item.first));
       }
     }
