@@ -50,6 +50,14 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
     MOE_INPUT_CHECK(!std::filesystem::exists(dir / "metrics.jsonl"), "train.out_dir ", t.out_dir,
                     " already holds a run (metrics.jsonl); continue it with --resume latest, or choose another "
                     "(--set train.out_dir=...)");
+    // A new run writes nothing over what is there.
+    MOE_INPUT_CHECK(!std::filesystem::exists(dir) || std::filesystem::is_directory(dir), "train.out_dir ",
+                    t.out_dir, " is not a directory");
+    std::error_code ec;
+    std::filesystem::directory_iterator entries(dir, ec);
+    MOE_INPUT_CHECK(ec || entries == std::filesystem::directory_iterator(), "train.out_dir ", t.out_dir,
+                    " is not empty (it holds ", entries->path().filename().string(),
+                    "); a new run starts in a new or empty directory (--set train.out_dir=...)");
     std::filesystem::create_directories(dir);
     write_file_atomically((dir / "config.yaml").string(), to_yaml(config_));
     metrics_ = std::make_unique<MetricsLog>((dir / "metrics.jsonl").string(), -1);

@@ -11,13 +11,14 @@ check() {
   shift 2
   local file="$WORK/$name.yaml"
   cat > "$file"
-  local rc=0
+  local rc=0 existed=0
+  [ ! -e "$WORK/out-$name" ] || existed=1
   "$MOE" train "$file" "${DATA[@]}" --set train.out_dir="$WORK/out-$name" "$@" > "$WORK/out" 2>&1 || rc=$?
   expected=${expected//FILE/$file}
   [ "$rc" -eq 2 ] || { cat "$WORK/out"; fail "$name: exit code $rc, expected 2"; }
   grep -qF -- "$expected" "$WORK/out" || { cat "$WORK/out"; fail "$name: message lacks '$expected'"; }
   [ "$(grep -c error "$WORK/out")" -eq 1 ] || { cat "$WORK/out"; fail "$name: expected exactly one error line"; }
-  [ ! -e "$WORK/out-$name" ] || fail "$name: wrote a run directory"
+  [ "$existed" = 1 ] || [ ! -e "$WORK/out-$name" ] || fail "$name: wrote a run directory"
   n=$((n + 1))
 }
 MODEL='model:
@@ -147,6 +148,10 @@ Y
 check not_a_mapping "FILE:1: expected a mapping of sections" <<'Y'
 - model
 Y
+mkdir -p "$WORK/out-nonempty_out_dir" && echo "mine" > "$WORK/out-nonempty_out_dir/config.yaml"
+check nonempty_out_dir "train.out_dir $WORK/out-nonempty_out_dir is not empty (it holds config.yaml)" <<<"$MODEL"
+[ "$(cat "$WORK/out-nonempty_out_dir/config.yaml")" = mine ] || fail "nonempty_out_dir: config.yaml was overwritten"
+rm -r "$WORK/out-nonempty_out_dir"
 check duplicate_key "FILE:3: model.hidden_size is given twice (first at FILE:2)" <<'Y'
 model:
   hidden_size: 64
