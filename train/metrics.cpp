@@ -17,7 +17,10 @@ MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : pat
       const auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (record.is_object() && record.value("step", int64_t{-1}) <= keep_through_step) kept += line + "\n";
     }
-    std::ofstream(path + ".tmp", std::ios::trunc) << kept;
+    std::ofstream tmp(path + ".tmp", std::ios::trunc);
+    tmp << kept;
+    tmp.close();
+    MOE_CHECK(tmp.good(), "cannot write ", path, ".tmp: ", std::strerror(errno), " (", path, " is untouched)");
     std::filesystem::rename(path + ".tmp", path);
   }
   os_.open(path, keep_through_step >= 0 ? std::ios::app : std::ios::trunc);

@@ -99,10 +99,11 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
                      "from the original run", world.size());
       }
       last_saved_ = start_step_;
-      if (world.rank() == 0) {
-        metrics_ = std::make_unique<MetricsLog>(t.out_dir + "/metrics.jsonl", start_step_);
-      }
       spdlog::info("resumed from {} at step {}", dir, start_step_);
+    });
+    // Only once every rank has loaded the checkpoint: a resume refused on any rank leaves the log whole.
+    all_ranks_succeed(control_, [&] {
+      if (world.rank() == 0) metrics_ = std::make_unique<MetricsLog>(t.out_dir + "/metrics.jsonl", start_step_);
     });
   }
 

@@ -129,6 +129,40 @@ PY
     mpirun -np 1 "$MOE" eval --checkpoint "$WORK/c" --data "$WORK/val.bin" --seq-len 32 --windows 2
   fresh; echo '{"format": "moe-checkpoint", "version": 99}' > "$WORK/c/manifest.json"
   expect_refused bad_version "format version 99" "$MOE" checkpoint verify "$WORK/c"
+  # A resume from step 10 that only the last rank refuses (its generator state is missing from a
+  # consistent file) leaves metrics.jsonl as it was, records of steps 11-20 included.
+  cp -r "$WORK/base" "$WORK/norng"
+  echo step_00000010 > "$WORK/norng/checkpoints/latest"
+  "$PYTHON" - "$WORK/norng/checkpoints/step_00000010" <<'PY'
+import json, struct, sys, zlib
+d = sys.argv[1]
+blob = open(f"{d}/rng.safetensors", "rb").read()
+(n,) = struct.unpack("<Q", blob[:8])
+header = json.loads(blob[8:8 + n])
+data = blob[8 + n:]
+header.pop("rank.3")
+out, offset = b"", 0
+for name in sorted(k for k in header if k != "__metadata__"):
+    begin, end = header[name]["data_offsets"]
+    out += data[begin:end]
+    header[name]["data_offsets"] = [offset, offset + end - begin]
+    offset += end - begin
+text = json.dumps(header).encode()
+text += b" " * ((8 - len(text) % 8) % 8)
+blob = struct.pack("<Q", len(text)) + text + out
+open(f"{d}/rng.safetensors", "wb").write(blob)
+m = json.load(open(f"{d}/manifest.json"))
+for f in m["files"]:
+    if f["path"] == "rng.safetensors":
+        f["bytes"], f["crc32"] = len(blob), zlib.crc32(blob)
+json.dump(m, open(f"{d}/manifest.json", "w"))
+PY
+  cp "$WORK/norng/metrics.jsonl" "$WORK/metrics.before"
+  expect_refused rng_missing_on_one_rank "no state for rank 3" \
+    moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/norng" --set train.micro_batch_size=2 \
+    --set parallel.expert_parallel_size=4 --set train.steps=30 --resume latest
+  cmp "$WORK/metrics.before" "$WORK/norng/metrics.jsonl" || fail "a refused resume changed metrics.jsonl"
+  echo "rng_missing_on_one_rank: metrics.jsonl unchanged ($(wc -l < "$WORK/metrics.before") records)"
   ;;
 export)
   base
