@@ -181,6 +181,11 @@ export)
     printf "export: bfloat16 in %d shards, loss %.6f (relative difference %.1e)\n", n, b, d; exit !(d <= 2e-2) }' ||
     fail "the bfloat16 export is off"
   expect_refused exists "already exists" "$MOE" export "$ckpt" "$WORK/hf"
+  # A directory named like a temporary one is someone's: an export beside it leaves it alone.
+  mkdir -p "$WORK/hf2.tmp" && echo mine > "$WORK/hf2.tmp/keep"
+  "$MOE" export "$ckpt" "$WORK/hf2" 2>/dev/null || fail "export beside hf2.tmp"
+  [ "$(cat "$WORK/hf2.tmp/keep")" = mine ] || fail "export removed $WORK/hf2.tmp"
+  [ -z "$(ls -d "$WORK"/hf2.tmp-* 2>/dev/null)" ] || fail "export left its temporary directory"
   moe_train 2 "$SRC/configs/deepseek-v3.yaml" "${DATA[@]}" --set train.out_dir="$WORK/ds" --set train.steps=2 2>/dev/null ||
     fail "deepseek-v3 run"
   expect_refused not_mixtral "cannot be exported as Mixtral: it has dense FFN layers" \

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -82,9 +85,20 @@ int64_t export_huggingface(const std::string& checkpoint_dir, const std::string&
   put("model.norm.weight", take("norm.weight"));
   put("lm_head.weight", take("lm_head"));
 
-  const std::string tmp = out_dir + ".tmp";
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
+  // A directory of our own beside out_dir, never one that is there already, removed if the export fails.
+  const fs::path parent = fs::path(out_dir).parent_path();
+  if (!parent.empty()) fs::create_directories(parent);
+  std::string tmp = out_dir + ".tmp-XXXXXX";
+  MOE_INPUT_CHECK(::mkdtemp(tmp.data()) != nullptr, "export: cannot create a directory beside ", out_dir, ": ",
+                  std::strerror(errno));
+  struct RemoveUnlessRenamed {
+    std::string path;
+    bool renamed = false;
+    ~RemoveUnlessRenamed() {
+      std::error_code ec;
+      if (!renamed) fs::remove_all(path, ec);
+    }
+  } partial{tmp};
   // Shards in order, each below max_shard_bytes (a single tensor above it gets a shard of its own).
   std::vector<NamedTensors> shards(1);
   int64_t shard_bytes = 0, total_bytes = 0;
@@ -142,6 +156,7 @@ int64_t export_huggingface(const std::string& checkpoint_dir, const std::string&
   write_text_file(tmp + "/config.json", config.dump(2) + "\n");
   fsync_path(tmp);
   fs::rename(tmp, out_dir);
+  partial.renamed = true;
   spdlog::info("exported {} ({} tensors, {} shard(s), {:.1f} MB, {}) to {}", checkpoint_dir, out.size(), shards.size(),
                total_bytes / 1e6, options.dtype, out_dir);
   return static_cast<int64_t>(out.size());
