@@ -127,6 +127,25 @@ PY
   "$MOE" checkpoint verify "$WORK/c" >/dev/null || fail "a consistent re-shaped file should verify"
   expect_refused wrong_shape "tensor lm_head is [64, 256]" \
     mpirun -np 1 "$MOE" eval --checkpoint "$WORK/c" --data "$WORK/val.bin" --seq-len 32 --windows 2
+  fresh; sed -i 's/"expert_parallel_size": [0-9]*/"expert_parallel_size": 0/' "$WORK/c/manifest.json"
+  expect_refused manifest_ep_zero "expert_parallel_size 0 and world_size 4 are not a layout" \
+    mpirun -np 2 "$MOE" eval --checkpoint "$WORK/c" --data "$WORK/val.bin" --seq-len 32 --windows 2
+  fresh; sed -i 's/"step": [0-9]*/"step": -5/' "$WORK/c/trainer.json"
+  "$PYTHON" - "$WORK/c" <<'PY'
+import json, sys, zlib
+d = sys.argv[1]
+blob = open(f"{d}/trainer.json", "rb").read()
+m = json.load(open(f"{d}/manifest.json"))
+for f in m["files"]:
+    if f["path"] == "trainer.json":
+        f["bytes"], f["crc32"] = len(blob), zlib.crc32(blob)
+json.dump(m, open(f"{d}/manifest.json", "w"))
+PY
+  rm -rf "$WORK/neg" && cp -r "$WORK/base" "$WORK/neg" && rm -rf "$WORK/neg/checkpoints/"step_* && cp -r "$WORK/c" "$WORK/neg/checkpoints/step_00000020"
+  expect_refused trainer_step_negative "trainer.json: step must be a non-negative integer" \
+    moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/neg" --set train.micro_batch_size=2 \
+    --set parallel.expert_parallel_size=4 --set train.steps=30 --resume latest
+  [ -z "$(ls "$WORK/neg/checkpoints" | grep -v -e step_00000020 -e latest)" ] || fail "trainer_step_negative wrote a checkpoint"
   fresh; echo '{"format": "moe-checkpoint", "version": 99}' > "$WORK/c/manifest.json"
   expect_refused bad_version "format version 99" "$MOE" checkpoint verify "$WORK/c"
   # A resume from step 10 that only the last rank refuses (its generator state is missing from a

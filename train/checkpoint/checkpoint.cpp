@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -177,12 +179,21 @@ nlohmann::json read_manifest(const std::string& dir) {
   for (const char* key : {"step", "world_size", "expert_parallel_size", "num_experts"}) {
     MOE_INPUT_CHECK(m.contains(key) && m[key].is_number_integer(), manifest_path, ": ", key, " is missing");
   }
+  // Every number is checked before it is used: a layout from these divides and sizes loops.
+  const int64_t step = m["step"].get<int64_t>(), world = m["world_size"].get<int64_t>(),
+                ep = m["expert_parallel_size"].get<int64_t>(), experts = m["num_experts"].get<int64_t>();
+  MOE_INPUT_CHECK(step >= 0, manifest_path, ": step ", step, " is negative");
+  MOE_INPUT_CHECK(world >= 1 && ep >= 1 && ep <= world && world % ep == 0, manifest_path, ": expert_parallel_size ",
+                  ep, " and world_size ", world, " are not a layout (1 <= expert_parallel_size, dividing world_size)");
+  MOE_INPUT_CHECK(experts >= 0 && experts % ep == 0, manifest_path, ": num_experts ", experts,
+                  " is not a multiple of expert_parallel_size ", ep);
   MOE_INPUT_CHECK(m.contains("files") && m["files"].is_array(), manifest_path, ": files is missing");
   std::set<std::string> listed;
   for (const auto& f : m["files"]) {
     MOE_INPUT_CHECK(f.is_object() && f.contains("path") && f["path"].is_string() && f.contains("bytes") &&
-                        f.contains("crc32"),
-                    manifest_path, ": a file entry needs path, bytes and crc32");
+                        f["bytes"].is_number_unsigned() && f.contains("crc32") && f["crc32"].is_number_unsigned() &&
+                        f["crc32"].get<uint64_t>() <= UINT32_MAX,
+                    manifest_path, ": a file entry needs path, bytes and crc32 (unsigned 32-bit)");
     const std::string path = f["path"].get<std::string>();
     MOE_INPUT_CHECK(!path.empty() && path.find('/') == std::string::npos && path.find('\\') == std::string::npos &&
                         path != "." && path != "..",
@@ -261,10 +272,23 @@ bool load_checkpoint(const std::string& dir, CheckpointState& state, const Paral
     }
     copy_into(state.experts, experts, dir + "/" + names);
   }
-  const nlohmann::json trainer = nlohmann::json::parse(read_text(dir + "/trainer.json"));
-  state.step = trainer.at("step").get<int64_t>();
-  state.optimizer_steps = trainer.at("optimizer_steps").get<int64_t>();
-  state.train_seconds = trainer.value("train_seconds", 0.0);
+  const std::string trainer_path = dir + "/trainer.json";
+  const nlohmann::json trainer = nlohmann::json::parse(read_text(trainer_path), nullptr, /*allow_exceptions=*/false);
+  MOE_INPUT_CHECK(trainer.is_object(), trainer_path, ": not a JSON object");
+  const auto count = [&](const char* key) {
+    MOE_INPUT_CHECK(trainer.contains(key) && trainer[key].is_number_integer() &&
+                        trainer[key].get<int64_t>() >= 0,
+                    trainer_path, ": ", key, " must be a non-negative integer");
+    return trainer[key].get<int64_t>();
+  };
+  state.step = count("step");
+  MOE_INPUT_CHECK(state.step == m["step"].get<int64_t>(), trainer_path, ": step ", state.step,
+                  " is not the manifest's step ", m["step"].get<int64_t>());
+  state.optimizer_steps = count("optimizer_steps");
+  const nlohmann::json seconds = trainer.value("train_seconds", nlohmann::json(0.0));
+  MOE_INPUT_CHECK(seconds.is_number() && std::isfinite(seconds.get<double>()) && seconds.get<double>() >= 0,
+                  trainer_path, ": train_seconds must be a non-negative number");
+  state.train_seconds = seconds.get<double>();
   if (!same_world) return false;
   const Safetensors& rng = files["rng.safetensors"];
   const auto it = rng.tensors.find("rank." + std::to_string(dims.rank));
