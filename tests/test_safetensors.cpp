@@ -93,5 +93,17 @@ TEST(Safetensors, RefusesDamagedFilesNamingFileAndTensor) {
   EXPECT_NE(error_of(p).find(p + ": truncated"), std::string::npos);
 }
 
+TEST(Safetensors, RefusesBytesNoTensorOwnsAndShapesLargerThanTheFile) {
+  const std::string p = temp("untiled.safetensors");
+  write_raw(p, R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "1234junk");
+  EXPECT_NE(error_of(p).find("4 bytes after the last tensor belong to no tensor"), std::string::npos) << error_of(p);
+  write_raw(p, R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "12345678");
+  EXPECT_NE(error_of(p).find("data bytes [0, 4) belong to no tensor"), std::string::npos) << error_of(p);
+  write_raw(p, R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}})", "1234");
+  EXPECT_NE(error_of(p).find("is larger than the 4 data bytes"), std::string::npos) << error_of(p);
+  write_raw(p, R"({"a":{"dtype":"F32","shape":[0,4294967296],"data_offsets":[0,0]}})", "");
+  EXPECT_EQ(error_of(p), "no error");  // empty tensors are fine, whatever their other sizes
+}
+
 }  // namespace
 }  // namespace moe

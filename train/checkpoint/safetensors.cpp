@@ -172,6 +172,9 @@ Safetensors parse_safetensors(const std::string& path, const std::vector<char>& 
     for (const auto& d : entry["shape"]) {
       MOE_INPUT_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, where, ": bad shape ", entry["shape"].dump());
       shape.push_back(d.get<int64_t>());
+      // No shape larger than the file survives this, so the product below cannot overflow.
+      MOE_INPUT_CHECK(shape.back() == 0 || numel <= data_size / shape.back(), where, ": shape ",
+                      entry["shape"].dump(), " is larger than the ", data_size, " data bytes");
       numel *= shape.back();
     }
     const auto& offsets = entry["data_offsets"];
@@ -188,10 +191,15 @@ Safetensors parse_safetensors(const std::string& path, const std::vector<char>& 
     if (bytes > 0) std::memcpy(t.data_ptr(), data + begin, static_cast<size_t>(bytes));
     out.tensors[name] = t;
   }
+  // The tensors tile the data section exactly, as the format requires: no overlap, no hole, nothing after.
   std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i) {
-    MOE_INPUT_CHECK(ranges[i].first >= ranges[i - 1].second, path, ": tensors overlap in the data section");
+  int64_t covered = 0;
+  for (const auto& [begin, end] : ranges) {
+    MOE_INPUT_CHECK(begin >= covered, path, ": tensors overlap in the data section");
+    MOE_INPUT_CHECK(begin == covered, path, ": data bytes [", covered, ", ", begin, ") belong to no tensor");
+    covered = end;
   }
+  MOE_INPUT_CHECK(covered == data_size, path, ": ", data_size - covered, " bytes after the last tensor belong to no tensor");
   return out;
 }
 
