@@ -63,6 +63,8 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, 
                     ") must be positive");
     verify_checkpoint(dir);
     config = load_config(dir + "/config.yaml", {}, 0);
+    MOE_INPUT_CHECK(seq_len <= config.model.max_seq_len, "eval: --seq-len ", seq_len, " exceeds model.max_seq_len (",
+                    config.model.max_seq_len, ") of ", dir, "/config.yaml");
     const int64_t E = config.model.moe.router.num_experts;
     MOE_INPUT_CHECK(E == 0 || E % world.size() == 0, "eval: the number of ranks (", world.size(),
                     ") must divide moe.num_experts (", E, ") of ", dir, "/config.yaml");

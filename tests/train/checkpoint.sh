@@ -146,6 +146,8 @@ PY
     moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/neg" --set train.micro_batch_size=2 \
     --set parallel.expert_parallel_size=4 --set train.steps=30 --resume latest
   [ -z "$(ls "$WORK/neg/checkpoints" | grep -v -e step_00000020 -e latest)" ] || fail "trainer_step_negative wrote a checkpoint"
+  expect_refused eval_seq_len_too_long "eval: --seq-len 4096 exceeds model.max_seq_len" \
+    mpirun -np 1 "$MOE" eval --checkpoint "$ckpt" --data "$WORK/val.bin" --seq-len 4096 --windows 1
   fresh; echo '{"format": "moe-checkpoint", "version": 99}' > "$WORK/c/manifest.json"
   expect_refused bad_version "format version 99" "$MOE" checkpoint verify "$WORK/c"
   # A resume from step 10 that only the last rank refuses (its generator state is missing from a
