@@ -2,8 +2,10 @@
 
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
+#include <unistd.h>
 
 #include "core/check.h"
+#include "train/cli/plan.h"
 
 namespace moe {
 
@@ -21,6 +23,16 @@ at::Device select_device(DeviceKind requested, int local_rank) {
   // made on this GPU and not on GPU 0.
   c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(device);
   return device;
+}
+
+void check_memory(const Config& config, int world_size, const at::Device& device) {
+  const Plan plan = make_plan(config, world_size);
+  if (device.is_cuda()) return;
+  const int64_t needed = plan.param_bytes + plan.grad_bytes + plan.optimizer_bytes;
+  const int64_t machine = static_cast<int64_t>(::sysconf(_SC_PHYS_PAGES)) * ::sysconf(_SC_PAGE_SIZE);
+  MOE_INPUT_CHECK(machine <= 0 || needed <= machine, config.source, ": one rank needs ", needed / double(1 << 30),
+                  " GiB for its weights, gradients and AdamW state (", plan.params_per_rank,
+                  " parameters; see moe plan), this machine has ", machine / double(1 << 30), " GiB");
 }
 
 Backend select_backend(Backend requested, const at::Device& device) {

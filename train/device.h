@@ -24,6 +24,11 @@ Backend select_backend(Backend requested, const at::Device& device);
 // "cuda:1 (2 GPUs visible)" or "cpu".
 std::string describe(const at::Device& device);
 
+// Refuses (bad input, naming the figures of `moe plan`) a config whose weights, gradients and AdamW
+// state on one rank alone exceed this machine's memory: it would fail in the allocator, part-way.
+// The CPU's memory; a GPU's is not checked yet.
+void check_memory(const Config& config, int world_size, const at::Device& device);
+
 struct RankPlacement {
   at::Device device = at::kCPU;
   Backend backend = Backend::kMpi;

@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
         moe::all_ranks_succeed(world, [&] {
           config = moe::load_config(cl.config_path, cl.sets, world.size());
           placement = moe::select_placement(config, local_rank);
+          moe::check_memory(config, world.size(), placement.device);
         });
         spdlog::info("device {}, backend {}", moe::describe(placement.device), moe::enum_name(placement.backend));
         const std::unique_ptr<moe::Communicator> comm = moe::make_communicator(placement, config);

@@ -152,6 +152,9 @@ mkdir -p "$WORK/out-nonempty_out_dir" && echo "mine" > "$WORK/out-nonempty_out_d
 check nonempty_out_dir "train.out_dir $WORK/out-nonempty_out_dir is not empty (it holds config.yaml)" <<<"$MODEL"
 [ "$(cat "$WORK/out-nonempty_out_dir/config.yaml")" = mine ] || fail "nonempty_out_dir: config.yaml was overwritten"
 rm -r "$WORK/out-nonempty_out_dir"
+check huge_hidden_size "FILE: the model's sizes give " --set model.hidden_size=1099511627776 <<<"$MODEL"
+check huge_layers "FILE: model.num_layers (1099511627776) is beyond any machine" --set model.num_layers=1099511627776 <<<"$MODEL"
+check over_memory "FILE: one rank needs " --set model.hidden_size=65536 --set model.num_attention_heads=512 <<<"$MODEL"
 check duplicate_key "FILE:3: model.hidden_size is given twice (first at FILE:2)" <<'Y'
 model:
   hidden_size: 64

@@ -1,28 +1,35 @@
 #include "train/cli/plan.h"
 
 #include <cstdio>
+#include <utility>
+
+#include "core/check.h"
 
 namespace moe {
 
-Plan make_plan(const Config& c, int world_size) {
-  const TransformerOptions& o = c.model;
-  const int64_t D = o.hidden_size, V = o.vocab_size, H = o.num_attention_heads, KV = o.kv_heads(), hd = o.head_dim();
-  const int64_t E = o.moe.router.num_experts, K = o.moe.router.top_k, F = o.moe.ffn_hidden_size;
-  const int64_t EP = c.parallel.expert_parallel_size;
-  const int64_t expert_matrices = o.moe.expert_type == ExpertType::kGELU ? 2 : 3;
-  const int64_t attention = 2 * D * H * hd + 2 * D * KV * hd + 2 * D;  // projections and the two norms
-  const int64_t dense_ffn = 3 * D * o.ffn_hidden_size;
-  const int64_t expert = expert_matrices * D * F;
-  const int64_t shared = o.moe.num_shared_experts * expert;
-  const int64_t outside = 2 * V * D + D;  // embedding, untied head, final norm
+namespace {
 
-  Plan p;
+template <typename N>
+PlanOf<N> plan_of(const Config& c, int world_size) {
+  const TransformerOptions& o = c.model;
+  const N D = o.hidden_size, V = o.vocab_size, H = o.num_attention_heads, KV = o.kv_heads(), hd = o.head_dim();
+  const N E = o.moe.router.num_experts, K = o.moe.router.top_k, F = o.moe.ffn_hidden_size;
+  const N EP = c.parallel.expert_parallel_size;
+  const N expert_matrices = o.moe.expert_type == ExpertType::kGELU ? 2 : 3;
+  const N attention = 2 * D * H * hd + 2 * D * KV * hd + 2 * D;  // projections and the two norms
+  const N dense_ffn = 3 * D * static_cast<N>(o.ffn_hidden_size);
+  const N expert = expert_matrices * D * F;
+  const N shared = static_cast<N>(o.moe.num_shared_experts) * expert;
+  const N outside = 2 * V * D + D;  // embedding, untied head, final norm
+  const N experts_per_rank = static_cast<N>(o.moe.router.num_experts / c.parallel.expert_parallel_size);
+
+  PlanOf<N> p;
   p.total_params = p.active_params = p.params_per_rank = outside;
-  const int64_t T = c.train.micro_batch_size * c.data.seq_len, S = c.data.seq_len;
+  const N S = c.data.seq_len, T = static_cast<N>(c.train.micro_batch_size) * S;
   // Floats kept for backward per token: attention (norm in/out, q/k/v before and after rotation, the
   // output and its projection, 3 x H x S for scores, mask and probabilities), the FFN (norm, routed copies
   // sent and received, SwiGLU's three F-wide buffers per copy), the logits and their log-softmax.
-  int64_t floats_per_token = 2 * V;
+  N floats_per_token = 2 * V;
   for (int64_t l = 0; l < o.num_layers; ++l) {
     p.total_params += attention;
     p.active_params += attention;
@@ -32,23 +39,48 @@ Plan make_plan(const Config& c, int world_size) {
       ++p.num_moe_layers;
       p.total_params += E * D + E * expert + shared;
       p.active_params += E * D + K * expert + shared;
-      p.params_per_rank += E * D + E / EP * expert + shared;
+      p.params_per_rank += E * D + experts_per_rank * expert + shared;
       floats_per_token += 2 * D + E + K * (3 * D + expert_matrices * F) + o.moe.num_shared_experts * 3 * F;
     } else {
       p.total_params += dense_ffn;
       p.active_params += dense_ffn;
       p.params_per_rank += dense_ffn;
-      floats_per_token += 2 * D + 3 * o.ffn_hidden_size;
+      floats_per_token += 2 * D + 3 * static_cast<N>(o.ffn_hidden_size);
     }
   }
   p.param_bytes = 4 * p.params_per_rank;
   p.grad_bytes = 4 * p.params_per_rank;
   p.optimizer_bytes = 8 * p.params_per_rank;
   p.activation_bytes = 4 * floats_per_token * T;
-  const int64_t accumulation = c.accumulation_steps(world_size);
+  const N accumulation = c.accumulation_steps(world_size);
   // Each exchange sends T*K rows of D floats, of which (EP-1)/EP leave the rank; four exchanges a layer.
   p.a2a_bytes_per_step = 4 * p.num_moe_layers * accumulation * (T * K * D * 4) * (EP - 1) / EP;
   return p;
+}
+
+}  // namespace
+
+Plan make_plan(const Config& c, int world_size) {
+  constexpr int64_t kMaxLayers = int64_t{1} << 20;  // the plan walks the layers
+  MOE_INPUT_CHECK(c.model.num_layers <= kMaxLayers, c.source, ": model.num_layers (", c.model.num_layers,
+                  ") is beyond any machine (at most ", kMaxLayers, ")");
+  const PlanOf<long double> bound = plan_of<long double>(c, world_size);
+  constexpr long double kMax = 4611686018427387904.0L;  // 2^62
+  const std::pair<const char*, long double> figures[] = {
+      {"parameters", bound.total_params},
+      {"bytes of optimizer state per rank", bound.optimizer_bytes},
+      {"bytes of activations per rank", bound.activation_bytes},
+      {"bytes of all-to-all per rank and step", bound.a2a_bytes_per_step}};
+  for (const auto& [what, value] : figures) {
+    if (!(value < kMax)) {
+      char n[32];
+      std::snprintf(n, sizeof n, "%.3Lg", value);
+      throw Error(c.source + ": the model's sizes give " + n + " " + what +
+                      ", beyond any machine (model.hidden_size, model.vocab_size, moe.ffn_hidden_size, ...)",
+                  /*bad_input=*/true);
+    }
+  }
+  return plan_of<int64_t>(c, world_size);
 }
 
 nlohmann::json to_json(const Plan& p) {

@@ -9,19 +9,25 @@
 
 namespace moe {
 
-struct Plan {
-  int64_t total_params = 0;   // every parameter once (all experts)
-  int64_t active_params = 0;  // what one token runs through: top_k routed experts (plus shared ones)
-  int64_t params_per_rank = 0;
+// N: int64_t for the plan itself; long double to bound it first, so that no size of a config can
+// overflow the integer arithmetic.
+template <typename N>
+struct PlanOf {
+  N total_params = 0;   // every parameter once (all experts)
+  N active_params = 0;  // what one token runs through: top_k routed experts (plus shared ones)
+  N params_per_rank = 0;
   // Bytes per rank: float32 weights and gradients, AdamW's two float32 moments, and the activations
   // one micro-batch keeps for backward (an estimate, see docs/performance.md).
-  int64_t param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
+  N param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
   // Bytes each rank sends through all-to-all per optimizer step: dispatch and combine, forward and
   // backward, every MoE layer and micro-batch, with tokens spread evenly over the experts.
-  int64_t a2a_bytes_per_step = 0;
-  int64_t num_moe_layers = 0;
+  N a2a_bytes_per_step = 0;
+  N num_moe_layers = 0;
 };
+using Plan = PlanOf<int64_t>;
 
+// Throws moe::Error (bad input) when the config's sizes give more than 2^62 parameters or bytes per
+// rank, beyond any machine, naming the largest figure.
 Plan make_plan(const Config& config, int world_size);
 nlohmann::json to_json(const Plan& plan);
 // The human-readable table.
