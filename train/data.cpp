@@ -32,6 +32,10 @@ TokenFile::TokenFile(const std::string& path, const std::string& dtype, int64_t 
     ::close(fd);
     MOE_INPUT_CHECK(false, "cannot stat token file ", path, ": ", std::strerror(errno));
   }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    MOE_INPUT_CHECK(false, "token file ", path, " is not a regular file", S_ISDIR(st.st_mode) ? " (a directory)" : "");
+  }
   const auto bytes = static_cast<int64_t>(st.st_size);
   if (bytes % element_size_ != 0 || bytes / element_size_ < min_tokens) {
     ::close(fd);

@@ -184,8 +184,19 @@ check data_odd_size "token file $WORK/odd.bin: its size (3 bytes) is not a multi
 printf 'abcd' > "$WORK/short.bin"
 check data_too_short "token file $WORK/short.bin holds 2 tokens, fewer than one window (17 tokens)" \
   --set data.train_path="$WORK/short.bin" <<<"$MODEL"
-rc=0
-"$MOE" train "$WORK/none.yaml" > "$WORK/out" 2>&1 || rc=$?
-[ "$rc" -eq 2 ] && grep -qF "cannot read config file $WORK/none.yaml" "$WORK/out" || fail "missing config file: rc $rc"
-n=$((n + 1))
+mkdir -p "$WORK/a_dir"
+check data_is_a_directory "token file $WORK/a_dir is not a regular file (a directory)" \
+  --set data.train_path="$WORK/a_dir" <<<"$MODEL"
+# refused EXPECTED COMMAND...: exit code 2 and the message, for inputs other than a config's keys.
+refused() {
+  local expected=$1 rc=0
+  shift
+  "$@" > "$WORK/out" 2>&1 || rc=$?
+  [ "$rc" -eq 2 ] && grep -qF -- "$expected" "$WORK/out" || { cat "$WORK/out"; fail "$*: rc $rc, expected 2 and '$expected'"; }
+  n=$((n + 1))
+}
+refused "cannot read config file $WORK/none.yaml" "$MOE" train "$WORK/none.yaml"
+refused "cannot read config file $WORK/a_dir: it is a directory" "$MOE" train "$WORK/a_dir"
+refused "cannot read $WORK/a_dir: it is a directory" "$MOE" tokenize "$WORK/a_dir" --out "$WORK/t.bin"
+[ ! -e "$WORK/t.bin" ] && [ ! -e "$WORK/t.bin.tmp" ] || fail "tokenize of a directory wrote a file"
 echo "$n bad configs, each refused with exit code 2 and its message"

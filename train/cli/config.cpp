@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <functional>
 #include <map>
 
@@ -225,6 +226,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   config.source = path;
   Schema schema(config);
   Places places(path);
+  MOE_INPUT_CHECK(!std::filesystem::is_directory(path), "cannot read config file ", path, ": it is a directory");
   YAML::Node root;
   try {
     const std::vector<YAML::Node> documents = YAML::LoadAllFromFile(path);

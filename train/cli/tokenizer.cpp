@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "core/check.h"
@@ -17,6 +18,10 @@ int token_element_size(const std::string& dtype) {
 
 int64_t tokenize_files(const std::vector<std::string>& files, const std::string& out, const std::string& dtype) {
   const int element_size = token_element_size(dtype);
+  for (const std::string& file : files) {  // before anything is written
+    MOE_INPUT_CHECK(std::filesystem::is_regular_file(file), "cannot read ", file, ": ",
+                    std::filesystem::is_directory(file) ? "it is a directory" : "no such file");
+  }
   const std::string tmp = out + ".tmp";
   std::ofstream os(tmp, std::ios::binary | std::ios::trunc);
   MOE_INPUT_CHECK(os.good(), "cannot write ", tmp, ": ", std::strerror(errno));
@@ -36,6 +41,11 @@ int64_t tokenize_files(const std::vector<std::string>& files, const std::string&
       for (std::streamsize i = 0; i < n; ++i) encoded[i * element_size] = buffer[i];  // little-endian, < 256
       os.write(encoded.data(), static_cast<std::streamsize>(encoded.size()));
       count += n;
+    }
+    if (is.bad()) {
+      os.close();
+      std::remove(tmp.c_str());
+      MOE_INPUT_CHECK(false, "cannot read ", file, ": ", std::strerror(errno));
     }
   }
   os.close();
