@@ -103,7 +103,14 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
     });
     // Only once every rank has loaded the checkpoint: a resume refused on any rank leaves the log whole.
     all_ranks_succeed(control_, [&] {
-      if (world.rank() == 0) metrics_ = std::make_unique<MetricsLog>(t.out_dir + "/metrics.jsonl", start_step_);
+      if (world.rank() != 0) return;
+      // A run may continue from another run's checkpoint into a directory of its own.
+      const std::filesystem::path dir(t.out_dir);
+      std::filesystem::create_directories(dir);
+      if (!std::filesystem::exists(dir / "config.yaml")) {
+        write_file_atomically((dir / "config.yaml").string(), to_yaml(config_));
+      }
+      metrics_ = std::make_unique<MetricsLog>((dir / "metrics.jsonl").string(), start_step_);
     });
   }
 

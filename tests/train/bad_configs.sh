@@ -155,6 +155,12 @@ rm -r "$WORK/out-nonempty_out_dir"
 check huge_hidden_size "FILE: the model's sizes give " --set model.hidden_size=1099511627776 <<<"$MODEL"
 check huge_layers "FILE: model.num_layers (1099511627776) is beyond any machine" --set model.num_layers=1099511627776 <<<"$MODEL"
 check over_memory "FILE: one rank needs " --set model.hidden_size=65536 --set model.num_attention_heads=512 <<<"$MODEL"
+check unterminated_quote "FILE:3: train.out_dir: the quote opened on this line is not closed on it" <<'Y'
+train:
+  steps: 5
+  out_dir: "runs/x
+  lr: 0.1"
+Y
 check duplicate_key "FILE:3: model.hidden_size is given twice (first at FILE:2)" <<'Y'
 model:
   hidden_size: 64
@@ -199,4 +205,7 @@ refused "cannot read config file $WORK/none.yaml" "$MOE" train "$WORK/none.yaml"
 refused "cannot read config file $WORK/a_dir: it is a directory" "$MOE" train "$WORK/a_dir"
 refused "cannot read $WORK/a_dir: it is a directory" "$MOE" tokenize "$WORK/a_dir" --out "$WORK/t.bin"
 [ ! -e "$WORK/t.bin" ] && [ ! -e "$WORK/t.bin.tmp" ] || fail "tokenize of a directory wrote a file"
+refused "--world: Value 1e400 not in range 1 to 1048576" "$MOE" plan "$WORK/none.yaml" --world 1e400
+[ "$(wc -c < "$WORK/out")" -lt 200 ] || fail "the range error is $(wc -c < "$WORK/out") bytes long"
+refused "--seq-len: Value 0 not in range 1 to" "$MOE" eval --checkpoint "$WORK" --data "$WORK/train.bin" --seq-len 0 --windows 1
 echo "$n bad configs, each refused with exit code 2 and its message"

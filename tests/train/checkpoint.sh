@@ -44,6 +44,14 @@ resume)
   cmp "$WORK/base/checkpoints/step_00000020/model.safetensors" "$WORK/cut/checkpoints/step_00000020/model.safetensors" ||
     fail "resumed weights differ"
   echo "resume: steps 11-20 after resuming at 10 are bit-identical to the uninterrupted run (metrics and weights)"
+  # Another run's checkpoint, continued in a directory of its own: the same steps 11-20.
+  moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/fork" --set train.micro_batch_size=2 \
+    --set parallel.expert_parallel_size=4 --resume "$WORK/cut/checkpoints/step_00000010" 2>"$WORK/fork.log" ||
+    { cat "$WORK/fork.log"; fail "resume from another run's checkpoint into a new train.out_dir"; }
+  cmp <(strip_timing "$WORK/base/metrics.jsonl" | grep -v '"step":[0-9],' | grep -v '"step":10,') \
+    <(strip_timing "$WORK/fork/metrics.jsonl") || fail "the forked run's steps 11-20 differ"
+  [ -f "$WORK/fork/config.yaml" ] || fail "the forked run has no config.yaml"
+  echo "resume: another run's step-10 checkpoint continues in a new train.out_dir, steps 11-20 bit-identical"
   # Another world size: evaluate the 4-rank checkpoint on 4, 2 and 1 ranks; resume it on 2 and on 1.
   l4=$(eval_loss 4 "$WORK/base/checkpoints/step_00000020") || { cat "$WORK/eval.log"; fail "eval on 4"; }
   for np in 2 1; do

@@ -14,6 +14,9 @@
 #endif
 
 namespace moe {
+namespace {
+constexpr int64_t kOne = 1, kMaxCount = int64_t{1} << 40;
+}  // namespace
 
 int parse_command_line(int argc, char** argv, CommandLine& c) {
   CLI::App app{"moe: train Mixture-of-Experts transformer language models with expert parallelism.\n"
@@ -30,15 +33,18 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   CLI::App* eval = app.add_subcommand("eval", "Loss of a checkpoint on a token file; prints {\"loss\", \"tokens\"}");
   eval->add_option("--checkpoint", c.checkpoint_dir, "Checkpoint directory")->required();
   eval->add_option("--data", c.data_path, "Token file (.bin, the dtype of the checkpoint's config)")->required();
-  eval->add_option("--seq-len", c.seq_len, "Predictions per window, L")->required();
-  eval->add_option("--windows", c.windows, "Windows N: window i is tokens [i*L, i*L+L]")->required();
+  // Ranges with readable bounds: CLI::PositiveNumber would print the largest double, 309 digits of it.
+  eval->add_option("--seq-len", c.seq_len, "Predictions per window, L")->required()->check(CLI::Range(kOne, kMaxCount));
+  eval->add_option("--windows", c.windows, "Windows N: window i is tokens [i*L, i*L+L]")
+      ->required()
+      ->check(CLI::Range(kOne, kMaxCount));
 
   CLI::App* exp = app.add_subcommand("export", "Write a checkpoint as a Hugging Face Mixtral checkpoint");
   exp->add_option("checkpoint", c.checkpoint_dir, "Checkpoint directory")->required();
   exp->add_option("out", c.out_path, "Output directory (must not exist)")->required();
   exp->add_option("--dtype", c.export_dtype, "Weights dtype")->check(CLI::IsMember({"float32", "bfloat16"}));
   exp->add_option("--max-shard-bytes", c.max_shard_bytes, "Split model.safetensors above this size")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(kOne, int64_t{1} << 50));
 
   CLI::App* checkpoint = app.add_subcommand("checkpoint", "Checkpoint tools");
   CLI::App* verify = checkpoint->add_subcommand("verify", "Check every file of a checkpoint against its manifest");
@@ -52,7 +58,7 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
 
   CLI::App* plan = app.add_subcommand("plan", "Parameters, per-rank memory and all-to-all traffic of a config");
   plan->add_option("config", c.config_path, "The experiment, a YAML file")->required();
-  plan->add_option("--world", c.world_size, "Number of ranks")->required()->check(CLI::PositiveNumber);
+  plan->add_option("--world", c.world_size, "Number of ranks")->required()->check(CLI::Range(1, 1 << 20));
   plan->add_option("--set", c.sets, "Override a config key (repeatable)");
   plan->add_flag("--json", c.json, "Print one JSON object instead of the table");
 

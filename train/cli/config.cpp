@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 
@@ -249,6 +250,33 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
       const auto [it, fresh] = seen.emplace(what, here);
       if (!fresh) throw Error(here + ": " + what + " is given twice (first at " + it->second + ")", /*bad_input=*/true);
     };
+    // Every value of a config is one line: a quote left open would swallow the keys after it.
+    std::vector<std::string> lines;
+    {
+      std::ifstream is(path);
+      for (std::string line; std::getline(is, line);) lines.push_back(line);
+    }
+    const auto one_line = [&](const std::string& key, const YAML::Node& key_node) {
+      const auto l = static_cast<size_t>(key_node.Mark().line);
+      if (l >= lines.size()) return;
+      const std::string& text = lines[l];
+      const size_t colon = text.find(':', static_cast<size_t>(key_node.Mark().column));
+      const size_t start = colon == std::string::npos ? colon : text.find_first_not_of(" \t", colon + 1);
+      if (start == std::string::npos || (text[start] != '"' && text[start] != '\'')) return;
+      bool closed = false;
+      for (size_t i = start + 1; i < text.size() && !closed; ++i) {
+        if (text[start] == '"' && text[i] == '\\') {
+          ++i;  // an escaped character
+        } else {
+          closed = text[i] == text[start];
+        }
+      }
+      if (!closed) {
+        throw Error(line_of(path, key_node) + ": " + key + ": the quote opened on this line is not closed on it " +
+                        "(a config value is one line)",
+                    /*bad_input=*/true);
+      }
+    };
     for (const auto& section : root) {
       const std::string name = section.first.as<std::string>();
       once(name, section.first);
@@ -267,6 +295,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
       for (const auto& item : section.second) {
         const std::string key = name + "." + item.first.as<std::string>();
         once(key, item.first);
+        one_line(key, item.first);
         apply(schema, places, key, item.second, line_of(path, item.first));
       }
     }
