@@ -2,6 +2,9 @@
 
 #include <climits>
 #include <numeric>
+#include <utility>
+
+#include "parallel/watchdog.h"
 
 namespace moe {
 namespace {
@@ -62,7 +65,7 @@ MpiSession::~MpiSession() {
   if (owns_ && !finalized) MPI_Finalize();
 }
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name) : comm_(comm), name_(std::move(name)) {
   MOE_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   MOE_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
   MOE_MPI_CHECK(MPI_Comm_size(comm_, &size_));
@@ -74,9 +77,13 @@ MpiCommunicator::~MpiCommunicator() {
   if (comm_ != MPI_COMM_WORLD && !finalized) MPI_Comm_free(&comm_);
 }
 
-void MpiCommunicator::barrier() { MOE_MPI_CHECK(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() {
+  watchdog::Collective watched("barrier", &name_);
+  MOE_MPI_CHECK(MPI_Barrier(comm_));
+}
 
 int MpiCommunicator::local_rank() {
+  watchdog::Collective watched("local_rank", &name_);
   MPI_Comm node;
   MOE_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
   int local = 0;
@@ -98,6 +105,7 @@ at::Tensor MpiCommunicator::staging(int slot, const at::Tensor& like) {
 }
 
 void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
+  watchdog::Collective watched("broadcast", &name_);
   if (tensor.is_cuda()) {  // the copies wait for the tensor's stream: MPI then reads finished data
     at::Tensor host = staging(0, tensor);
     host.copy_(tensor);
@@ -117,6 +125,7 @@ void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
 }
 
 void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
+  watchdog::Collective watched("all_reduce", &name_);
   if (tensor.is_cuda()) {
     at::Tensor host = staging(0, tensor);
     host.copy_(tensor);
@@ -136,6 +145,7 @@ void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
 }
 
 at::Tensor MpiCommunicator::all_gather(const at::Tensor& tensor) {
+  watchdog::Collective watched("all_gather", &name_);
   if (tensor.is_cuda()) {
     at::Tensor host = staging(0, tensor);
     host.copy_(tensor);
@@ -154,6 +164,7 @@ at::Tensor MpiCommunicator::all_gather(const at::Tensor& tensor) {
 
 void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows,
                                    at::Tensor& output, const std::vector<int64_t>& recv_rows) {
+  watchdog::Collective watched("all_to_all_v", &name_);
   if (input.is_cuda() || output.is_cuda()) {
     at::Tensor host_in = staging(0, input), host_out = staging(1, output);
     host_in.copy_(input);
@@ -202,10 +213,11 @@ void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<in
   if (rc_call != MPI_SUCCESS) throw_mpi_error(rc_call, "MPI_Alltoallv", __FILE__, __LINE__);
 }
 
-std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const std::string&) {
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const std::string& name) {
+  watchdog::Collective watched("split", &name_);
   MPI_Comm sub;
   MOE_MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
-  return std::make_unique<MpiCommunicator>(sub);
+  return std::make_unique<MpiCommunicator>(sub, (name.empty() ? name_ : name) + " " + std::to_string(color));
 }
 
 }  // namespace moe

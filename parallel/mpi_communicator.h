@@ -3,7 +3,8 @@
 // tensors are staged through two pinned host buffers that grow to the largest message and are reused, so
 // several ranks can share a GPU and a machine without NCCL still trains on GPUs. Errors return
 // (MPI_ERRORS_RETURN) and are thrown as moe::Error naming the call, the rank and MPI's own error string;
-// `main` then aborts the whole job so no peer waits forever.
+// `main` then aborts the whole job so no peer waits forever; a collective that never completes is ended
+// by the watchdog (parallel/watchdog.h).
 #include <mpi.h>
 
 #include "core/check.h"
@@ -36,8 +37,9 @@ class MpiSession {
 
 class MpiCommunicator : public Communicator {
  public:
-  // Wraps `comm`; takes ownership (MPI_Comm_free) unless it is MPI_COMM_WORLD.
-  explicit MpiCommunicator(MPI_Comm comm);
+  // Wraps `comm`; takes ownership (MPI_Comm_free) unless it is MPI_COMM_WORLD. `name` names the group
+  // in the watchdog's report.
+  explicit MpiCommunicator(MPI_Comm comm, std::string name = "world");
   ~MpiCommunicator() override;
 
   std::string backend() const override { return "mpi"; }
@@ -61,6 +63,7 @@ class MpiCommunicator : public Communicator {
   at::Tensor staging(int slot, const at::Tensor& like);
 
   MPI_Comm comm_;
+  std::string name_;
   at::Tensor pinned_[2];
   int rank_ = 0;
   int size_ = 1;

@@ -4,22 +4,21 @@
 #include <nccl.h>
 #include <spdlog/spdlog.h>
 
-#include <cstdlib>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <exception>
 #include <mutex>
 #include <numeric>
 #include <thread>
 
+#include "parallel/watchdog.h"
+
 namespace moe {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// The exit code of a rank whose collective failed asynchronously or timed out (docs/gpu.md).
-constexpr int kCollectiveFailedExit = 3;
 
 void check_cuda(cudaError_t rc, const char* call, const std::string& where) {
   if (rc != cudaSuccess) throw Error(detail::concat("nccl: ", call, " failed ", where, ": ", cudaGetErrorString(rc)));
@@ -71,17 +70,17 @@ struct NcclCommunicator::State {
   // Aborts the communicator and ends the process: a peer that never arrives must not leave this rank,
   // and with it the whole job, waiting for ever.
   [[noreturn]] void fail(const std::string& message) {
-    spdlog::error("{}; aborting the NCCL communicator and exiting with code {}", message, kCollectiveFailedExit);
+    spdlog::error("{}; aborting the NCCL communicator and exiting with code {}", message, kCollectiveTimeoutExit);
     spdlog::default_logger()->flush();
     ncclCommAbort(comm);
-    std::_Exit(kCollectiveFailedExit);
+    std::_Exit(kCollectiveTimeoutExit);
   }
 
   // With a non-blocking communicator a call may return ncclInProgress: wait for it within the timeout.
   void check(ncclResult_t rc, const char* op) {
     const auto start = Clock::now();
     while (rc == ncclInProgress) {
-      if (std::chrono::duration<double>(Clock::now() - start).count() > timeout_s) {
+      if (timeout_s > 0 && std::chrono::duration<double>(Clock::now() - start).count() > timeout_s) {
         fail(detail::concat("nccl: ", where(op), " did not complete within parallel.timeout_s = ", timeout_s, " s"));
       }
       std::this_thread::yield();
@@ -138,7 +137,7 @@ struct NcclCommunicator::State {
       if (state != cudaErrorNotReady) {
         fail(detail::concat("nccl: ", where(oldest.op), ": ", cudaGetErrorString(state)));
       }
-      if (waited > timeout_s) {
+      if (timeout_s > 0 && waited > timeout_s) {
         fail(detail::concat("nccl: ", where(oldest.op), " has waited ", static_cast<int64_t>(waited),
                             " s for its peers (parallel.timeout_s = ", timeout_s, ")"));
       }

@@ -36,8 +36,11 @@ inline std::string backend_unavailable(Backend backend) {
 struct ParallelOptions {
   int64_t expert_parallel_size = 1;  // ranks sharing one set of experts; divides the world and the experts
   Backend backend = Backend::kAuto;
-  // Seconds a collective may wait for its peers before the communicator is aborted (nccl's watchdog).
+  // Seconds a collective may wait for its peers before the rank ends the job (parallel/watchdog.h; NCCL
+  // aborts its communicator first), and the longer deadline of the first step and of checkpoint saves
+  // and loads. 0: no watchdog.
   double timeout_s = 600;
+  double slow_timeout_s = 1800;
 };
 
 }  // namespace moe

@@ -14,6 +14,7 @@
 #include "core/check.h"
 #include "core/host_memory.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/watchdog.h"
 #include "train/checkpoint/checkpoint.h"
 #include "train/checkpoint/export.h"
 #include "train/device.h"
@@ -68,6 +69,7 @@ int main(int argc, char** argv) {
           placement = moe::select_placement(config, local_rank);
           moe::check_memory(config, world.size(), placement.device);
         });
+        moe::watchdog::start(config.parallel.timeout_s, config.parallel.slow_timeout_s, world.rank());
         spdlog::info("device {}, backend {}", moe::describe(placement.device), moe::enum_name(placement.backend));
         const std::unique_ptr<moe::Communicator> comm = moe::make_communicator(placement, config);
         moe::Trainer trainer(config, *comm, world, placement.device, cl.resume);

@@ -4,6 +4,7 @@
 
 #include "core/check.h"
 #include "parallel/parallel_dims.h"
+#include "parallel/watchdog.h"
 #include "train/checkpoint/checkpoint.h"
 #include "train/checkpoint/checkpoint_state.h"
 #include "train/cli/config.h"
@@ -74,6 +75,7 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, 
     file = std::make_unique<TokenFile>(data, config.data.dtype, config.model.vocab_size, windows * seq_len + 1);
     placement = select_placement(config, local_rank);
   });
+  watchdog::start(config.parallel.timeout_s, config.parallel.slow_timeout_s, world.rank());
   // The checkpoint's backend; `world` (MPI) agrees on the inputs.
   const std::unique_ptr<Communicator> comm = make_communicator(placement, config);
   const ParallelDims dims(comm->size(), comm->rank(), static_cast<int>(config.parallel.expert_parallel_size),
@@ -82,7 +84,10 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, 
   Transformer model(config.model, ExpertParallel{dims, groups.ep.get(), comm.get()});
   model->to(placement.device);
   CheckpointState state = make_checkpoint_state(model, nullptr);
-  all_ranks_succeed(world, [&] { load_checkpoint(dir, state, dims); });
+  {
+    watchdog::Slow loading;  // every rank reads and checks every file
+    all_ranks_succeed(world, [&] { load_checkpoint(dir, state, dims); });
+  }
   std::vector<int64_t> offsets(windows);
   for (int64_t i = 0; i < windows; ++i) offsets[i] = i * seq_len;
   return {evaluate_windows(model, *file, offsets, seq_len, config.train.micro_batch_size, *comm), windows * seq_len};

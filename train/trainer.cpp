@@ -9,8 +9,10 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "core/check.h"
+#include "parallel/watchdog.h"
 #include "train/checkpoint/checkpoint_state.h"
 #include "train/evaluation.h"
 
@@ -36,6 +38,7 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
             config.model.moe.router.num_experts),
       groups_(make_process_groups(world, dims_)) {
   const auto& t = config_.train;
+  watchdog::Slow starting;  // opening the data and loading a checkpoint wait on every rank's files
   accumulation_ = config_.accumulation_steps(world.size());
   // Local checks first, agreed by every rank: a missing file on one rank must not leave the others
   // waiting in a collective.
@@ -137,7 +140,11 @@ double Trainer::train() {
   std::signal(SIGINT, on_stop_signal);
   for (int64_t step = start_step_ + 1; step <= t.steps; ++step) {
     const double start = now_seconds();
+    watchdog::set_step(step);
+    std::optional<watchdog::Slow> first;  // the first step of a process warms up its allocations
+    if (step == start_step_ + 1) first.emplace();
     StepStats stats = train_step(step);
+    first.reset();
     const double seconds = now_seconds() - start;
     elapsed_ += seconds;
     pending_.push_back({step, std::move(stats), seconds});
@@ -177,6 +184,7 @@ CheckpointState Trainer::checkpoint_state() {
 }
 
 void Trainer::save(int64_t step) {
+  watchdog::Slow saving;  // the ranks wait on each other's file writes
   CheckpointState state = checkpoint_state();
   state.step = step;
   state.train_seconds = elapsed_;

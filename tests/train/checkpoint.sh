@@ -26,7 +26,7 @@ expect_refused() {
   "$@" > "$WORK/out" 2>&1 || rc=$?
   [ "$rc" -eq 2 ] || { cat "$WORK/out"; fail "$name: exit code $rc, expected 2"; }
   grep -qF -- "$expected" "$WORK/out" || { cat "$WORK/out"; fail "$name: message lacks '$expected'"; }
-  echo "$name: refused: $(grep error "$WORK/out" | head -1 | sed 's/^.*\] //')"
+  echo "$name: refused: $(grep error "$WORK/out" | head -1 | sed 's/^\[[^]]*\] //')"
 }
 
 case $part in
@@ -115,23 +115,7 @@ corrupt)
   fresh; sed -i 's/"path": "config.yaml"/"path": "..\/..\/config.yaml"/' "$WORK/c/manifest.json"
   expect_refused path_outside "names a path outside the checkpoint: ../../config.yaml" "$MOE" checkpoint verify "$WORK/c"
   # A consistent file (manifest updated) whose header gives a tensor another shape of the same size.
-  fresh; "$PYTHON" - "$WORK/c" <<'PY'
-import json, struct, sys, zlib
-d = sys.argv[1]
-blob = open(f"{d}/model.safetensors", "rb").read()
-(n,) = struct.unpack("<Q", blob[:8])
-header = json.loads(blob[8:8 + n])
-header["lm_head"]["shape"] = [header["lm_head"]["shape"][1], header["lm_head"]["shape"][0]]
-text = json.dumps(header).encode()
-text += b" " * ((8 - len(text) % 8) % 8)
-blob = struct.pack("<Q", len(text)) + text + blob[8 + n:]
-open(f"{d}/model.safetensors", "wb").write(blob)
-m = json.load(open(f"{d}/manifest.json"))
-for f in m["files"]:
-    if f["path"] == "model.safetensors":
-        f["bytes"], f["crc32"] = len(blob), zlib.crc32(blob)
-json.dump(m, open(f"{d}/manifest.json", "w"))
-PY
+  fresh; "$PYTHON" "$SRC/tests/train/edit_checkpoint.py" transpose "$WORK/c" model.safetensors lm_head
   "$MOE" checkpoint verify "$WORK/c" >/dev/null || fail "a consistent re-shaped file should verify"
   expect_refused wrong_shape "tensor lm_head is [64, 256]" \
     mpirun -np 1 "$MOE" eval --checkpoint "$WORK/c" --data "$WORK/val.bin" --seq-len 32 --windows 2
@@ -139,16 +123,7 @@ PY
   expect_refused manifest_ep_zero "expert_parallel_size 0 and world_size 4 are not a layout" \
     mpirun -np 2 "$MOE" eval --checkpoint "$WORK/c" --data "$WORK/val.bin" --seq-len 32 --windows 2
   fresh; sed -i 's/"step": [0-9]*/"step": -5/' "$WORK/c/trainer.json"
-  "$PYTHON" - "$WORK/c" <<'PY'
-import json, sys, zlib
-d = sys.argv[1]
-blob = open(f"{d}/trainer.json", "rb").read()
-m = json.load(open(f"{d}/manifest.json"))
-for f in m["files"]:
-    if f["path"] == "trainer.json":
-        f["bytes"], f["crc32"] = len(blob), zlib.crc32(blob)
-json.dump(m, open(f"{d}/manifest.json", "w"))
-PY
+  "$PYTHON" "$SRC/tests/train/edit_checkpoint.py" reseal "$WORK/c" trainer.json
   rm -rf "$WORK/neg" && cp -r "$WORK/base" "$WORK/neg" && rm -rf "$WORK/neg/checkpoints/"step_* && cp -r "$WORK/c" "$WORK/neg/checkpoints/step_00000020"
   expect_refused trainer_step_negative "trainer.json: step must be a non-negative integer" \
     moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/neg" --set train.micro_batch_size=2 \
@@ -162,30 +137,7 @@ PY
   # consistent file) leaves metrics.jsonl as it was, records of steps 11-20 included.
   cp -r "$WORK/base" "$WORK/norng"
   echo step_00000010 > "$WORK/norng/checkpoints/latest"
-  "$PYTHON" - "$WORK/norng/checkpoints/step_00000010" <<'PY'
-import json, struct, sys, zlib
-d = sys.argv[1]
-blob = open(f"{d}/rng.safetensors", "rb").read()
-(n,) = struct.unpack("<Q", blob[:8])
-header = json.loads(blob[8:8 + n])
-data = blob[8 + n:]
-header.pop("rank.3")
-out, offset = b"", 0
-for name in sorted(k for k in header if k != "__metadata__"):
-    begin, end = header[name]["data_offsets"]
-    out += data[begin:end]
-    header[name]["data_offsets"] = [offset, offset + end - begin]
-    offset += end - begin
-text = json.dumps(header).encode()
-text += b" " * ((8 - len(text) % 8) % 8)
-blob = struct.pack("<Q", len(text)) + text + out
-open(f"{d}/rng.safetensors", "wb").write(blob)
-m = json.load(open(f"{d}/manifest.json"))
-for f in m["files"]:
-    if f["path"] == "rng.safetensors":
-        f["bytes"], f["crc32"] = len(blob), zlib.crc32(blob)
-json.dump(m, open(f"{d}/manifest.json", "w"))
-PY
+  "$PYTHON" "$SRC/tests/train/edit_checkpoint.py" drop "$WORK/norng/checkpoints/step_00000010" rng.safetensors rank.3
   cp "$WORK/norng/metrics.jsonl" "$WORK/metrics.before"
   expect_refused rng_missing_on_one_rank "no state for rank 3" \
     moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/norng" --set train.micro_batch_size=2 \

@@ -76,7 +76,8 @@ void visit_job_options(C& c, Visitor& v) {  // C: Config, const or not
   constexpr double kInf = std::numeric_limits<double>::infinity();
   v.integer("parallel.expert_parallel_size", c.parallel.expert_parallel_size, 1);
   v.choice("parallel.backend", c.parallel.backend);
-  v.real("parallel.timeout_s", c.parallel.timeout_s, 0, false, kInf);
+  v.real("parallel.timeout_s", c.parallel.timeout_s, 0, true, kInf);
+  v.real("parallel.slow_timeout_s", c.parallel.slow_timeout_s, 0, true, kInf);
   auto& d = c.data;
   v.text("data.train_path", d.train_path);
   v.text("data.val_path", d.val_path);

@@ -1,0 +1,47 @@
+"""Edits a checkpoint the way a bug or a hand could, keeping it consistent: the manifest is resealed
+(bytes, CRC-32) so that only the loader's own checks can catch what was changed.
+  edit_checkpoint.py reseal DIR FILE              after FILE was edited by other means
+  edit_checkpoint.py transpose DIR FILE TENSOR    the header gives TENSOR its two sizes swapped
+  edit_checkpoint.py drop DIR FILE TENSOR         TENSOR leaves the safetensors file"""
+import json
+import struct
+import sys
+import zlib
+
+
+def reseal(d, name):
+    blob = open(f"{d}/{name}", "rb").read()
+    m = json.load(open(f"{d}/manifest.json"))
+    for f in m["files"]:
+        if f["path"] == name:
+            f["bytes"], f["crc32"] = len(blob), zlib.crc32(blob)
+    json.dump(m, open(f"{d}/manifest.json", "w"))
+
+
+def rewrite(d, name, edit):
+    blob = open(f"{d}/{name}", "rb").read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header, data = json.loads(blob[8:8 + n]), blob[8 + n:]
+    edit(header)
+    out, offset = b"", 0  # the data re-packed in order, with no gaps
+    for key in sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0]):
+        begin, end = header[key]["data_offsets"]
+        out += data[begin:end]
+        header[key]["data_offsets"] = [offset, offset + end - begin]
+        offset += end - begin
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    open(f"{d}/{name}", "wb").write(struct.pack("<Q", len(text)) + text + out)
+    reseal(d, name)
+
+
+command, d, name = sys.argv[1:4]
+if command == "reseal":
+    reseal(d, name)
+elif command == "transpose":
+    tensor = sys.argv[4]
+    rewrite(d, name, lambda h: h[tensor].update(shape=h[tensor]["shape"][::-1]))
+elif command == "drop":
+    rewrite(d, name, lambda h: h.pop(sys.argv[4]))
+else:
+    sys.exit(f"edit_checkpoint.py: unknown command {command}")
