@@ -11,7 +11,7 @@ moe_train 2 "$SRC/configs/tiny.yaml" "${DATA[@]}" --set train.out_dir="$out" --s
   --set train.log_every=1 --set checkpoint.every=2 --set parallel.expert_parallel_size=2 \
   --set parallel.timeout_s=$timeout_s --set parallel.slow_timeout_s=$slow_s > "$WORK/log" 2>&1 &
 job=$!
-trap 'pkill -9 -f "moe-engine train.*$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'pkill -9 -f "moe-engine train.*$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 600); do  # until it has checkpointed a few times
   [ "$(ls "$out/checkpoints" 2>/dev/null | grep -c step_)" -ge 2 ] && break
   sleep 0.1
