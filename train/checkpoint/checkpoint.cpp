@@ -75,13 +75,10 @@ void copy_into(const NamedTensors& live, const std::map<std::string, at::Tensor>
   }
 }
 
-}  // namespace
-
-std::string save_checkpoint(const std::string& root, const CheckpointState& state, const std::string& config_yaml,
+// The files of one save into `tmp`, then moved into place and `latest` (collective; see save_checkpoint).
+void write_checkpoint_files(const std::string& root, const std::string& tmp, const std::string& final_dir,
+                            const std::string& name, const CheckpointState& state, const std::string& config_yaml,
                             Communicator& world, const ParallelDims& dims, int64_t keep_last) {
-  const std::string name = step_name(state.step);
-  const std::string tmp = root + "/.tmp-" + name, final_dir = root + "/" + name;
-  const auto start = std::chrono::steady_clock::now();
   all_ranks_succeed(world, [&] {
     if (world.rank() != 0) return;
     fs::create_directories(root);
@@ -147,10 +144,30 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
       for (size_t i = 0; i + static_cast<size_t>(keep_last) < steps.size(); ++i) fs::remove_all(root + "/" + steps[i]);
     }
   });
+}
+
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& root, const CheckpointState& state, const std::string& config_yaml,
+                            Communicator& world, const ParallelDims& dims, int64_t keep_last) {
+  const std::string name = step_name(state.step);
+  const std::string tmp = root + "/.tmp-" + name, final_dir = root + "/" + name;
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    write_checkpoint_files(root, tmp, final_dir, name, state, config_yaml, world, dims, keep_last);
+  } catch (const CollectiveError&) {
+    // Every rank saw the failure (all_ranks_succeed): rank 0 removes the partial directory. The previous
+    // checkpoints and `latest` were never touched.
+    std::error_code ec;
+    if (world.rank() == 0) fs::remove_all(tmp, ec);
+    throw;
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   spdlog::info("checkpoint {} saved in {:.2f}s", final_dir, seconds);
   return final_dir;
 }
+
 
 std::string resolve_checkpoint(const std::string& root, const std::string& which) {
   if (which != "latest") return which;
