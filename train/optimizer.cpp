@@ -56,12 +56,16 @@ at::Tensor sum_of_squares(const ParameterList& params, bool experts) {
 
 }  // namespace
 
-at::Tensor global_grad_norm(const ParameterList& params, Communicator* ep_group) {
-  MOE_CHECK(!params.empty(), "global_grad_norm: no parameters");
+at::Tensor grad_square_sums(const ParameterList& params, Communicator* ep_group) {
+  MOE_CHECK(!params.empty(), "grad_square_sums: no parameters");
   at::NoGradGuard no_grad;
   at::Tensor expert_sq = sum_of_squares(params, true).reshape({1});
   if (ep_group && ep_group->size() > 1) ep_group->all_reduce(expert_sq, ReduceOp::kSum);
-  return (sum_of_squares(params, false) + expert_sq[0]).sqrt();
+  return at::cat({sum_of_squares(params, false).reshape({1}), expert_sq});
+}
+
+at::Tensor global_grad_norm(const ParameterList& params, Communicator* ep_group) {
+  return grad_square_sums(params, ep_group).sum().sqrt();
 }
 
 void clip_grads(const ParameterList& params, const at::Tensor& norm, double max_norm) {

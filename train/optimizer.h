@@ -45,6 +45,9 @@ double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, do
 // summed over the EP group (null: every expert is local). Collective over the EP group. A float64 scalar
 // on the parameters' device: no host sync.
 at::Tensor global_grad_norm(const ParameterList& params, Communicator* ep_group);
+// Its two parts, float64 [replicated, expert]: the squared norms of the replicated parameters' and of
+// the experts' gradients (the norm is the square root of their sum). Collective over the EP group.
+at::Tensor grad_square_sums(const ParameterList& params, Communicator* ep_group);
 
 // Scales every gradient by max_norm / norm when norm exceeds max_norm (max_norm 0: never). `norm` is
 // global_grad_norm's scalar; the decision is taken on the device, so it costs no host sync.

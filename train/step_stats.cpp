@@ -1,5 +1,7 @@
 #include "train/step_stats.h"
 
+#include <cmath>
+
 #include "core/check.h"
 
 namespace moe {
@@ -24,7 +26,7 @@ void StepStats::add(const at::Tensor& lm_loss, const std::vector<Routing>& routi
   }
 }
 
-void StepStats::reduce(Communicator& world, const at::Tensor& norm) {
+void StepStats::reduce(Communicator& world, const at::Tensor& grad_square_sums) {
   const int64_t counts = kept_LE_.numel();
   // Filled on the device: a copy from the host would wait for the step's queued work.
   at::Tensor host_counts = at::empty({2}, scalars_.options());
@@ -33,7 +35,7 @@ void StepStats::reduce(Communicator& world, const at::Tensor& norm) {
   at::Tensor packed = at::cat({scalars_, host_counts, kept_LE_.reshape({-1}), routed_per_expert_LE.reshape({-1})});
   world.all_reduce(packed, ReduceOp::kSum);
   routed_per_expert_LE.copy_(packed.narrow(0, 5 + counts, counts).view(routed_per_expert_LE.sizes()));
-  packed_ = at::cat({packed.narrow(0, 0, 5 + counts), norm.to(at::kDouble).reshape({1})});
+  packed_ = at::cat({packed.narrow(0, 0, 5 + counts), grad_square_sums.to(at::kDouble).reshape({2})});
 }
 
 void StepStats::read_all(const std::vector<StepStats*>& steps) {
@@ -53,8 +55,10 @@ void StepStats::read_all(const std::vector<StepStats*>& steps) {
     s->dropped = p[3];
     s->assignments = p[4];
     s->tokens_per_expert_LE = at::from_blob(const_cast<double*>(p + 5), s->kept_LE_.sizes(), at::kDouble).clone();
-    s->grad_norm = p[5 + counts];
-    p += 6 + counts;
+    s->grad_sq_replicated = p[5 + counts];
+    s->grad_sq_expert = p[6 + counts];
+    s->grad_norm = std::sqrt(s->grad_sq_replicated + s->grad_sq_expert);
+    p += 7 + counts;
   }
 }
 

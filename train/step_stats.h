@@ -17,9 +17,9 @@ struct StepStats {
 
   // Adds one micro-batch: its mean next-token loss and the routings of its MoE layers, in order.
   void add(const at::Tensor& lm_loss, const std::vector<Routing>& routings);
-  // Collective over `world`: every sum becomes its sum over the ranks; `grad_norm` (a scalar on the
-  // device, already global) is kept with them. No host sync.
-  void reduce(Communicator& world, const at::Tensor& grad_norm);
+  // Collective over `world`: every sum becomes its sum over the ranks; `grad_square_sums` (float64
+  // [replicated, expert] on the device, already global) is kept with them. No host sync.
+  void reduce(Communicator& world, const at::Tensor& grad_square_sums);
   // Host sync, one for all of `steps` (each reduced): fills their host fields.
   static void read_all(const std::vector<StepStats*>& steps);
 
@@ -31,7 +31,9 @@ struct StepStats {
   double assignments = 0;  // assignments routed (tokens x top_k, every MoE layer)
   at::Tensor tokens_per_expert_LE;  // float64 [MoE layers, experts] on the host: assignments kept
   double grad_norm = 0;
+  double grad_sq_replicated = 0, grad_sq_expert = 0;  // its two parts, squared
   double lr = 0;           // set by the trainer
+  bool skipped = false;    // set by the trainer: the update was not applied (train.on_nonfinite skip)
 
   // On the device: assignments per expert before capacity (the balancing load), summed over ranks by
   // reduce() so that every rank moves its expert bias alike.
@@ -40,7 +42,7 @@ struct StepStats {
  private:
   at::Tensor scalars_;  // float64 [lm_loss, aux_loss, z_loss] on the device
   at::Tensor kept_LE_;  // float64 [MoE layers, experts] on the device
-  at::Tensor packed_;   // after reduce(): [scalars, dropped, assignments, kept, grad_norm]
+  at::Tensor packed_;   // after reduce(): [scalars, dropped, assignments, kept, grad squares]
 };
 
 }  // namespace moe

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -38,6 +39,7 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
             config.model.moe.router.num_experts),
       groups_(make_process_groups(world, dims_)) {
   const auto& t = config_.train;
+  if (const char* fault = std::getenv("MOE_FAULT_NONFINITE_STEP")) fault_nonfinite_step_ = std::atoll(fault);
   watchdog::Slow starting;  // opening the data and loading a checkpoint wait on every rank's files
   accumulation_ = config_.accumulation_steps(world.size());
   // Local checks first, agreed by every rank: a missing file on one rank must not leave the others
@@ -210,20 +212,41 @@ StepStats Trainer::train_step(int64_t step) {
         rank_slice(offsets, world_.rank(), world_.size(), t.micro_batch_size, micro), L + 1, device_);
     const at::Tensor inputs = windows.narrow(1, 0, L), targets = windows.narrow(1, 1, L);
     TransformerOutput out = model_->forward(inputs);
-    const at::Tensor lm_loss =
+    at::Tensor lm_loss =
         at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), targets.reshape({-1}));
+    if (step == fault_nonfinite_step_ && world_.rank() == world_.size() - 1) lm_loss = lm_loss * NAN;
     const at::Tensor loss = (lm_loss + out.router_loss) / static_cast<double>(accumulation_);
     loss.backward();
     stats.add(lm_loss, out.routings);
   }
 
   grad_sync_->sync();
-  const at::Tensor grad_norm = global_grad_norm(params, groups_.ep.get());
-  clip_grads(params, grad_norm, t.grad_clip);
+  // The same on every rank (replicated gradients are synchronised, expert ones summed over EP), so every
+  // rank takes the same decisions from it without another collective.
+  const at::Tensor squares = grad_square_sums(params, groups_.ep.get());
+  const at::Tensor grad_norm = squares.sum().sqrt();
   stats.lr = learning_rate(step, t.steps, t.warmup_steps, t.lr, t.min_lr);
-  optimizer_->step(stats.lr);
-
-  stats.reduce(world_, grad_norm);
+  if (t.on_nonfinite == OnNonFinite::kSkip) {
+    // Host sync, in skip mode only: whether this step's update is applied.
+    const at::Tensor host = squares.to(at::kCPU);
+    stats.skipped = !std::isfinite(host[0].item<double>() + host[1].item<double>());
+  }
+  if (!stats.skipped) {
+    clip_grads(params, grad_norm, t.grad_clip);
+    optimizer_->step(stats.lr);
+  }
+  stats.reduce(world_, squares);
+  if (stats.skipped) {
+    ++skipped_;
+    spdlog::warn("step {}: the gradient is not finite; its update was skipped ({} so far, train.max_skipped_steps {})",
+                 step, skipped_, t.max_skipped_steps);
+    all_ranks_succeed(control_, [&] {  // every rank decides alike: one message, one exit code
+      MOE_CHECK(skipped_ <= t.max_skipped_steps, "step ", step, ": ", skipped_, " updates skipped for a non-finite "
+                "gradient, more than train.max_skipped_steps (", t.max_skipped_steps, "); the last checkpoint is "
+                "untouched (lower train.lr or set train.grad_clip)");
+    });
+    return stats;
+  }
   // Aux-loss-free balancing: every rank moves its bias by the loads of the whole global batch, so the
   // replicated routers stay identical.
   for (int64_t l = 0; l < num_moe; ++l) moe_layers_[l]->router->update_expert_bias(stats.routed_per_expert_LE[l]);
@@ -240,10 +263,24 @@ void Trainer::flush() {
   std::vector<StepStats*> steps;
   for (Pending& p : pending_) steps.push_back(&p.stats);
   StepStats::read_all(steps);
+  // Every rank holds the same sums and decides alike: all_ranks_succeed makes it one message, one exit code.
+  all_ranks_succeed(control_, [&] { check_and_report(); });
+}
+
+void Trainer::check_and_report() {
   for (const Pending& p : pending_) {
-    MOE_CHECK(std::isfinite(p.stats.lm_loss), "the training loss is not finite at step ", p.step,
-              " (lower train.lr or set train.grad_clip)");
-    report(p.step, p.stats, p.seconds);
+    const StepStats& st = p.stats;
+    if (!st.skipped && !(std::isfinite(st.lm_loss) && std::isfinite(st.grad_norm))) {
+      std::string what;
+      const auto add = [&](const char* part) { what += (what.empty() ? "" : ", ") + std::string(part); };
+      if (!std::isfinite(st.lm_loss)) add("the training loss");
+      if (!std::isfinite(st.grad_sq_replicated)) add("the replicated parameters' gradient");
+      if (!std::isfinite(st.grad_sq_expert)) add("the experts' gradient");
+      throw Error(detail::concat("step ", p.step, ": not finite: ", what, "; stopped before saving anything from it ",
+                                 "(the last checkpoint is untouched; lower train.lr, set train.grad_clip, or "
+                                 "train.on_nonfinite: skip)"));
+    }
+    report(p.step, st, p.seconds);
   }
   pending_.clear();
 }
@@ -269,16 +306,18 @@ void Trainer::report(int64_t step, const StepStats& stats, double seconds) {
     const int64_t* row = counts_LE[l].data_ptr<int64_t>();
     per_layer.push_back(std::vector<int64_t>(row, row + counts_LE.size(1)));
   }
-  metrics_->write({{"kind", "train"},
-                   {"step", step},
-                   {"loss", loss},
-                   {"aux_loss", aux},
-                   {"z_loss", z},
-                   {"lr", stats.lr},
-                   {"grad_norm", stats.grad_norm},
-                   {"tokens_per_s", tokens_per_s},
-                   {"dropped_fraction", dropped},
-                   {"tokens_per_expert", per_layer}});
+  nlohmann::json record = {{"kind", "train"},
+                           {"step", step},
+                           {"loss", loss},
+                           {"aux_loss", aux},
+                           {"z_loss", z},
+                           {"lr", stats.lr},
+                           {"grad_norm", stats.grad_norm},
+                           {"tokens_per_s", tokens_per_s},
+                           {"dropped_fraction", dropped},
+                           {"tokens_per_expert", per_layer}};
+  if (stats.skipped) record["skipped"] = true;
+  metrics_->write(record);
 }
 
 double Trainer::evaluate() {

@@ -61,6 +61,7 @@ class Trainer {
   // Reads the steps run since the last flush in one host copy, stops on a non-finite loss, and reports
   // them (log line, metrics.jsonl). At every log interval, evaluation, checkpoint and stop.
   void flush();
+  void check_and_report();
   void report(int64_t step, const StepStats& stats, double seconds);
   // The largest stop signal (SIGTERM, SIGINT) any rank received, 0 for none; over `control`.
   int agreed_stop_signal();
@@ -84,6 +85,9 @@ class Trainer {
   int64_t start_step_ = 0;  // the step a resumed run continues after
   int64_t last_saved_ = -1;
   int stopped_by_ = 0;
+  int64_t skipped_ = 0;  // updates skipped for a non-finite gradient (train.on_nonfinite skip)
+  // Fault injection for the tests: MOE_FAULT_NONFINITE_STEP=S makes the last rank's loss NaN at step S.
+  int64_t fault_nonfinite_step_ = -1;
   double elapsed_ = 0;  // seconds spent in training steps
 };
 

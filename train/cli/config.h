@@ -30,6 +30,14 @@ inline const EnumNames<DeviceKind>& enum_names(DeviceKind) {
   return names;
 }
 
+// What a step whose loss or gradient norm is not finite (NaN, Inf) does: stop the run before anything
+// non-finite is saved, or skip its update (train.max_skipped_steps in all, then stop).
+enum class OnNonFinite { kStop, kSkip };
+inline const EnumNames<OnNonFinite>& enum_names(OnNonFinite) {
+  static const EnumNames<OnNonFinite> names = {{"stop", OnNonFinite::kStop}, {"skip", OnNonFinite::kSkip}};
+  return names;
+}
+
 struct TrainOptions {
   DeviceKind device = DeviceKind::kAuto;
   int64_t steps = 100;
@@ -48,6 +56,8 @@ struct TrainOptions {
   double beta2 = 0.95;
   double adam_eps = 1e-8;
   double grad_clip = 1.0;          // 0: no clipping
+  OnNonFinite on_nonfinite = OnNonFinite::kStop;
+  int64_t max_skipped_steps = 10;  // with on_nonfinite skip: the run stops at the next one
 };
 
 struct CheckpointOptions {
@@ -101,6 +111,8 @@ void visit_job_options(C& c, Visitor& v) {  // C: Config, const or not
   v.real("train.beta2", t.beta2, 0, true, 1);
   v.real("train.adam_eps", t.adam_eps, 0, false, kInf);
   v.real("train.grad_clip", t.grad_clip, 0, true, kInf);
+  v.choice("train.on_nonfinite", t.on_nonfinite);
+  v.integer("train.max_skipped_steps", t.max_skipped_steps, 0);
   v.integer("checkpoint.every", c.checkpoint.every, 0);
   v.integer("checkpoint.keep_last", c.checkpoint.keep_last, 0);
 }
