@@ -161,6 +161,46 @@ train:
   out_dir: "runs/x
   lr: 0.1"
 Y
+check nan_lr "FILE:2: train.lr must be > 0, got nan" <<'Y'
+train:
+  lr: .nan
+Y
+check inf_init_std "FILE:2: model.init_std must be > 0, got inf" <<'Y'
+model:
+  init_std: .inf
+Y
+check map_for_path "FILE:2: data.train_path expected a string, got a mapping" <<'Y'
+data:
+  train_path: {a: 1}
+Y
+check null_for_int "FILE:2: model.num_layers expected an integer, got null" <<'Y'
+model:
+  num_layers:
+Y
+check int_overflow "FILE:2: model.hidden_size expected an integer, got '99999999999999999999'" <<'Y'
+model:
+  hidden_size: 99999999999999999999
+Y
+check negative_seed "FILE:2: train.seed expected a non-negative integer, got '-1'" <<'Y'
+train:
+  seed: -1
+Y
+check bad_token_dtype "FILE:2: data.dtype must be one of uint16 | uint32, got 'uint8'" <<'Y'
+data:
+  dtype: uint8
+Y
+check section_not_a_mapping "FILE:1: model must be a mapping of keys, got '5'" <<'Y'
+model: 5
+Y
+check zero_micro_batch "train.micro_batch_size must be at least 1, got 0" --set train.micro_batch_size=0 <<<"$MODEL"
+check eval_capacity_negative "moe.eval_capacity_factor must be >= 0 or null, got -1" --set moe.eval_capacity_factor=-1 <<<"$MODEL"
+check huge_vocab "FILE: the model's sizes give " --set model.vocab_size=1099511627776 --set model.hidden_size=4194304 <<<"$MODEL"
+check set_unknown_section "--set optimizer.lr=1: optimizer.lr is not a config key" --set optimizer.lr=1 <<<"$MODEL"
+check set_list_value "--set train.lr=[1]: train.lr expected a number, got a list" --set "train.lr=[1]" <<<"$MODEL"
+check set_nan "train.grad_clip must be >= 0, got nan" --set train.grad_clip=.nan <<<"$MODEL"
+echo "not a directory" > "$WORK/out-out_dir_is_a_file"
+check out_dir_is_a_file "train.out_dir $WORK/out-out_dir_is_a_file is not a directory" <<<"$MODEL"
+rm "$WORK/out-out_dir_is_a_file"
 check duplicate_key "FILE:3: model.hidden_size is given twice (first at FILE:2)" <<'Y'
 model:
   hidden_size: 64
@@ -208,4 +248,13 @@ refused "cannot read $WORK/a_dir: it is a directory" "$MOE" tokenize "$WORK/a_di
 refused "--world: Value 1e400 not in range 1 to 1048576" "$MOE" plan "$WORK/none.yaml" --world 1e400
 [ "$(wc -c < "$WORK/out")" -lt 200 ] || fail "the range error is $(wc -c < "$WORK/out") bytes long"
 refused "--seq-len: Value 0 not in range 1 to" "$MOE" eval --checkpoint "$WORK" --data "$WORK/train.bin" --seq-len 0 --windows 1
+: > "$WORK/empty.bin"
+printf '%s\n' "$MODEL" > "$WORK/ok.yaml"
+refused "token file $WORK/empty.bin holds 0 tokens" "$MOE" train "$WORK/ok.yaml" "${DATA[@]}" --set data.train_path="$WORK/empty.bin" \
+  --set train.out_dir="$WORK/out-empty"
+refused "config is required" "$MOE" train
+refused "--dtype: float16 not in {float32,bfloat16}" "$MOE" export "$WORK" "$WORK/x" --dtype float16
+refused "--dtype: int8 not in {uint16,uint32}" "$MOE" tokenize "$WORK/odd.bin" --out "$WORK/x.bin" --dtype int8
+refused "dir is required" "$MOE" checkpoint verify
+refused "The following argument was not expected: frobnicate" "$MOE" frobnicate
 echo "$n bad configs, each refused with exit code 2 and its message"

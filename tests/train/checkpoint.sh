@@ -131,6 +131,21 @@ corrupt)
   [ -z "$(ls "$WORK/neg/checkpoints" | grep -v -e step_00000020 -e latest)" ] || fail "trainer_step_negative wrote a checkpoint"
   expect_refused eval_seq_len_too_long "eval: --seq-len 4096 exceeds model.max_seq_len" \
     mpirun -np 1 "$MOE" eval --checkpoint "$ckpt" --data "$WORK/val.bin" --seq-len 4096 --windows 1
+  fresh; sed -i 's/"path": "config.yaml"/"path": "\/etc\/passwd"/' "$WORK/c/manifest.json"
+  expect_refused absolute_path "names a path outside the checkpoint: /etc/passwd" "$MOE" checkpoint verify "$WORK/c"
+  fresh; echo '{"format": "moe-checkpoint", "files": [' > "$WORK/c/manifest.json"
+  expect_refused manifest_not_json "manifest.json: not valid JSON (at byte " "$MOE" checkpoint verify "$WORK/c"
+  ! grep -q "json.exception" "$WORK/out" || fail "manifest_not_json: nlohmann's text reached the user"
+  fresh; echo 'step: 5' > "$WORK/c/trainer.json"
+  "$PYTHON" "$SRC/tests/train/edit_checkpoint.py" reseal "$WORK/c" trainer.json
+  expect_refused trainer_not_json "trainer.json: not a JSON object" \
+    mpirun -np 1 "$MOE" eval --checkpoint "$WORK/c" --data "$WORK/val.bin" --seq-len 32 --windows 2
+  for bad in step_00000099 ../base; do
+    rm -rf "$WORK/late" && cp -r "$WORK/base" "$WORK/late" && echo "$bad" > "$WORK/late/checkpoints/latest"
+    expect_refused "latest_$(echo "$bad" | tr -c 'a-z0-9\n' _)" "$([ "$bad" = ../base ] && echo 'does not name a checkpoint directory' || echo 'is not a directory')" \
+      moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/late" --set train.micro_batch_size=2 \
+      --set parallel.expert_parallel_size=4 --set train.steps=30 --resume latest
+  done
   fresh; echo '{"format": "moe-checkpoint", "version": 99}' > "$WORK/c/manifest.json"
   expect_refused bad_version "format version 99" "$MOE" checkpoint verify "$WORK/c"
   # A resume from step 10 that only the last rank refuses (its generator state is missing from a

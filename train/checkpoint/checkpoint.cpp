@@ -186,8 +186,8 @@ nlohmann::json read_manifest(const std::string& dir) {
   nlohmann::json m;
   try {
     m = nlohmann::json::parse(read_text(manifest_path));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(manifest_path + ": not valid JSON (" + e.what() + ")", /*bad_input=*/true);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(manifest_path + ": not valid JSON (at byte " + std::to_string(e.byte) + ")", /*bad_input=*/true);
   }
   MOE_INPUT_CHECK(m.is_object() && m.value("format", "") == "moe-checkpoint", manifest_path,
                   ": not a moe checkpoint manifest");

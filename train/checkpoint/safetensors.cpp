@@ -136,8 +136,9 @@ Safetensors parse_safetensors(const std::string& path, const std::vector<char>& 
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(file.data() + 8, data);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ": the safetensors header is not valid JSON (" + e.what() + ")", /*bad_input=*/true);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(path + ": the safetensors header is not valid JSON (at byte " + std::to_string(8 + e.byte - 1) + ")",
+                /*bad_input=*/true);
   }
   MOE_INPUT_CHECK(header.is_object(), path, ": the safetensors header is not a JSON object");
   const int64_t data_size = file_size - 8 - static_cast<int64_t>(length);
