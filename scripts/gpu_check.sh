@@ -10,7 +10,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${MOE_GPU_CHECK_OUT:-gpu-check}
-mkdir -p "$LOG"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 declare -A result
@@ -34,6 +33,7 @@ if [ "$gpus" -eq 0 ]; then
   echo "gpu_check.sh: no NVIDIA GPU visible (nvidia-smi -L lists none); run it on a GPU machine" >&2
   exit 2
 fi
+mkdir -p "$LOG"
 torch_prefix=$(python3 -c 'import torch; assert torch.cuda.is_available(); print(torch.utils.cmake_prefix_path)' 2>"$LOG/torch.log") \
   || { echo "gpu_check.sh: python3's torch has no CUDA: $(tail -1 "$LOG/torch.log")" >&2; exit 2; }
 echo "gpu_check.sh: $gpus GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); torch at $torch_prefix"
