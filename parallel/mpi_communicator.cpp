@@ -104,11 +104,16 @@ at::Tensor MpiCommunicator::staging(int slot, const at::Tensor& like) {
   return buffer.narrow(0, 0, bytes).view(like.scalar_type()).view(like.sizes());
 }
 
+at::Tensor MpiCommunicator::host_copy(int slot, const at::Tensor& t) {
+  at::Tensor host = staging(slot, t);
+  host.copy_(t);  // waits for the tensor's stream: MPI then reads finished data
+  return host;
+}
+
 void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
   watchdog::Collective watched("broadcast", &name_);
-  if (tensor.is_cuda()) {  // the copies wait for the tensor's stream: MPI then reads finished data
-    at::Tensor host = staging(0, tensor);
-    host.copy_(tensor);
+  if (tensor.is_cuda()) {
+    at::Tensor host = host_copy(0, tensor);
     broadcast(host, root);
     tensor.copy_(host);
     return;
@@ -127,8 +132,7 @@ void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
 void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   watchdog::Collective watched("all_reduce", &name_);
   if (tensor.is_cuda()) {
-    at::Tensor host = staging(0, tensor);
-    host.copy_(tensor);
+    at::Tensor host = host_copy(0, tensor);
     all_reduce(host, op);
     tensor.copy_(host);
     return;
@@ -146,11 +150,7 @@ void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
 
 at::Tensor MpiCommunicator::all_gather(const at::Tensor& tensor) {
   watchdog::Collective watched("all_gather", &name_);
-  if (tensor.is_cuda()) {
-    at::Tensor host = staging(0, tensor);
-    host.copy_(tensor);
-    return all_gather(host).to(tensor.device());
-  }
+  if (tensor.is_cuda()) return all_gather(host_copy(0, tensor)).to(tensor.device());
   check_cpu_contiguous(tensor, "all_gather", "tensor");
   std::vector<int64_t> shape = {size_};
   shape.insert(shape.end(), tensor.sizes().begin(), tensor.sizes().end());
@@ -166,9 +166,8 @@ void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<in
                                    at::Tensor& output, const std::vector<int64_t>& recv_rows) {
   watchdog::Collective watched("all_to_all_v", &name_);
   if (input.is_cuda() || output.is_cuda()) {
-    at::Tensor host_in = staging(0, input), host_out = staging(1, output);
-    host_in.copy_(input);
-    all_to_all_v(host_in, send_rows, host_out, recv_rows);
+    at::Tensor host_out = staging(1, output);
+    all_to_all_v(host_copy(0, input), send_rows, host_out, recv_rows);
     output.copy_(host_out);
     return;
   }

@@ -61,6 +61,8 @@ class MpiCommunicator : public Communicator {
  private:
   // A pinned host tensor of `like`'s shape and dtype in staging buffer `slot` (0: send, 1: receive).
   at::Tensor staging(int slot, const at::Tensor& like);
+  // `t` copied into staging buffer `slot`.
+  at::Tensor host_copy(int slot, const at::Tensor& t);
 
   MPI_Comm comm_;
   std::string name_;

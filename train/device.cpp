@@ -4,6 +4,8 @@
 #include <torch/cuda.h>
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include "core/check.h"
 #include "train/cli/plan.h"
 
@@ -15,9 +17,9 @@ at::Device select_device(DeviceKind requested, int local_rank) {
   if (requested == DeviceKind::kCpu || (requested == DeviceKind::kAuto && count == 0)) return at::kCPU;
   MOE_INPUT_CHECK(built, "train.device: cuda: this libtorch was built without CUDA (build moe against a CUDA "
                   "libtorch, see docs/gpu.md), or set train.device: cpu");
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
   MOE_INPUT_CHECK(count > 0, "train.device: cuda: libtorch has CUDA but sees no GPU (CUDA_VISIBLE_DEVICES='",
-                  std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "", "'), "
-                  "or set train.device: cpu");
+                  visible ? visible : "", "'), or set train.device: cpu");
   const at::Device device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % count));
   // The current device too, so that libtorch's handles, its caching allocator and NCCL's context are
   // made on this GPU and not on GPU 0.
