@@ -7,6 +7,8 @@
 #   train/cli/         what the light `moe` links: nothing of train/ outside train/cli/, of core/ only
 #                      model_options.h and check.h, of parallel/ only parallel_options.h, no libtorch
 #   train/checkpoint/  nothing of train/ outside train/checkpoint/ and train/cli/
+#   the file formats   crc32, safetensors_header, manifest (moe_formats, what tests/fuzz/ builds with
+#                      clang alone): of ours only each other and core/check.h, no libtorch
 # Usage: tests/layering.sh [SOURCE_DIR]
 set -uo pipefail
 SRC=${1:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -35,6 +37,11 @@ while IFS= read -r file; do
           \"train/cli/*|\"core/model_options.h\"|\"core/check.h\"|\"parallel/parallel_options.h\") ;;
           \"*) violation "$file" "$inc" "train/cli/ is what the light moe links" ;;
           \<ATen/*|\<torch/*|\<c10/*) violation "$file" "$inc" "train/cli/ stays free of libtorch" ;;
+        esac ;;
+      train/checkpoint/crc32.*|train/checkpoint/safetensors_header.*|train/checkpoint/manifest.*)
+        case "$inc" in
+          \"train/checkpoint/crc32.h\"|\"train/checkpoint/safetensors_header.h\"|\"train/checkpoint/manifest.h\"|\"core/check.h\") ;;
+          \"*|\<ATen/*|\<torch/*|\<c10/*) violation "$file" "$inc" "the file formats build without libtorch (tests/fuzz/)" ;;
         esac ;;
       train/checkpoint/*)
         case "$inc" in

@@ -113,6 +113,8 @@ corrupt)
   fresh; rm "$WORK/c/rng.safetensors"
   expect_refused missing_file "rng.safetensors is missing" "$MOE" checkpoint verify "$WORK/c"
   fresh; sed -i 's/"path": "config.yaml"/"path": "..\/..\/config.yaml"/' "$WORK/c/manifest.json"
+  expect_refused manifest_unsealed "manifest.json: manifest_crc32 is missing or does not match" "$MOE" checkpoint verify "$WORK/c"
+  "$PYTHON" "$SRC/tests/train/edit_checkpoint.py" seal "$WORK/c"
   expect_refused path_outside "names a path outside the checkpoint: ../../config.yaml" "$MOE" checkpoint verify "$WORK/c"
   # A consistent file (manifest updated) whose header gives a tensor another shape of the same size.
   fresh; "$PYTHON" "$SRC/tests/train/edit_checkpoint.py" transpose "$WORK/c" model.safetensors lm_head
@@ -120,6 +122,7 @@ corrupt)
   expect_refused wrong_shape "tensor lm_head is [64, 256]" \
     mpirun -np 1 "$MOE" eval --checkpoint "$WORK/c" --data "$WORK/val.bin" --seq-len 32 --windows 2
   fresh; sed -i 's/"expert_parallel_size": [0-9]*/"expert_parallel_size": 0/' "$WORK/c/manifest.json"
+  "$PYTHON" "$SRC/tests/train/edit_checkpoint.py" seal "$WORK/c"
   expect_refused manifest_ep_zero "expert_parallel_size 0 and world_size 4 are not a layout" \
     mpirun -np 2 "$MOE" eval --checkpoint "$WORK/c" --data "$WORK/val.bin" --seq-len 32 --windows 2
   fresh; sed -i 's/"step": [0-9]*/"step": -5/' "$WORK/c/trainer.json"
@@ -132,6 +135,7 @@ corrupt)
   expect_refused eval_seq_len_too_long "eval: --seq-len 4096 exceeds model.max_seq_len" \
     mpirun -np 1 "$MOE" eval --checkpoint "$ckpt" --data "$WORK/val.bin" --seq-len 4096 --windows 1
   fresh; sed -i 's/"path": "config.yaml"/"path": "\/etc\/passwd"/' "$WORK/c/manifest.json"
+  "$PYTHON" "$SRC/tests/train/edit_checkpoint.py" seal "$WORK/c"
   expect_refused absolute_path "names a path outside the checkpoint: /etc/passwd" "$MOE" checkpoint verify "$WORK/c"
   fresh; echo '{"format": "moe-checkpoint", "files": [' > "$WORK/c/manifest.json"
   expect_refused manifest_not_json "manifest.json: not valid JSON (at byte " "$MOE" checkpoint verify "$WORK/c"

@@ -1,6 +1,8 @@
 """Edits a checkpoint the way a bug or a hand could, keeping it consistent: the manifest is resealed
-(bytes, CRC-32) so that only the loader's own checks can catch what was changed.
+(each file's bytes and CRC-32, then its own manifest_crc32) so that only the loader's own checks can
+catch what was changed.
   edit_checkpoint.py reseal DIR FILE              after FILE was edited by other means
+  edit_checkpoint.py seal DIR                     after manifest.json itself was edited
   edit_checkpoint.py transpose DIR FILE TENSOR    the header gives TENSOR its two sizes swapped
   edit_checkpoint.py drop DIR FILE TENSOR         TENSOR leaves the safetensors file"""
 import json
@@ -9,13 +11,20 @@ import sys
 import zlib
 
 
+def seal(d, m):
+    """manifest_crc32: the CRC-32 of the manifest without it, compact, keys sorted (docs/checkpoint-format.md)."""
+    m.pop("manifest_crc32", None)
+    m["manifest_crc32"] = zlib.crc32(json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    json.dump(m, open(f"{d}/manifest.json", "w"), indent=2)
+
+
 def reseal(d, name):
     blob = open(f"{d}/{name}", "rb").read()
     m = json.load(open(f"{d}/manifest.json"))
     for f in m["files"]:
         if f["path"] == name:
             f["bytes"], f["crc32"] = len(blob), zlib.crc32(blob)
-    json.dump(m, open(f"{d}/manifest.json", "w"))
+    seal(d, m)
 
 
 def rewrite(d, name, edit):
@@ -35,8 +44,11 @@ def rewrite(d, name, edit):
     reseal(d, name)
 
 
-command, d, name = sys.argv[1:4]
-if command == "reseal":
+command, d = sys.argv[1:3]
+name = sys.argv[3] if len(sys.argv) > 3 else None
+if command == "seal":
+    seal(d, json.load(open(f"{d}/manifest.json")))
+elif command == "reseal":
     reseal(d, name)
 elif command == "transpose":
     tensor = sys.argv[4]

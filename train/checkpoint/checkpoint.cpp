@@ -30,12 +30,6 @@ void write_text_file(const std::string& path, const std::string& text) {
   fsync_path(path);
 }
 
-std::string experts_file(int64_t ep_rank) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "experts-%05lld.safetensors", static_cast<long long>(ep_rank));
-  return buf;
-}
-
 void write_file_atomically(const std::string& path, const std::string& text) {
   write_text_file(path + ".tmp", text);
   fs::rename(path + ".tmp", path);
@@ -116,13 +110,14 @@ void write_checkpoint_files(const std::string& root, const std::string& tmp, con
       files.push_back({{"path", experts_file(j)}, {"bytes", infos[j][0].item<int64_t>()},
                        {"crc32", static_cast<uint32_t>(infos[j][1].item<int64_t>())}});
     }
-    const nlohmann::json manifest = {{"format", "moe-checkpoint"},
-                                     {"version", kCheckpointVersion},
-                                     {"step", state.step},
-                                     {"world_size", world.size()},
-                                     {"expert_parallel_size", dims.ep_size},
-                                     {"num_experts", dims.num_experts},
-                                     {"files", files}};
+    nlohmann::json manifest = {{"format", "moe-checkpoint"},
+                               {"version", kCheckpointVersion},
+                               {"step", state.step},
+                               {"world_size", world.size()},
+                               {"expert_parallel_size", dims.ep_size},
+                               {"num_experts", dims.num_experts},
+                               {"files", files}};
+    seal_manifest(manifest);
     write_text_file(tmp + "/manifest.json", manifest.dump(2) + "\n");
     fsync_path(tmp);
     // Fault injection for the tests: hold the save here, files written but not yet in place.
@@ -181,48 +176,8 @@ std::string resolve_checkpoint(const std::string& root, const std::string& which
 }
 
 nlohmann::json read_manifest(const std::string& dir) {
-  const std::string manifest_path = dir + "/manifest.json";
   MOE_INPUT_CHECK(fs::is_directory(dir), "checkpoint ", dir, " is not a directory");
-  nlohmann::json m;
-  try {
-    m = nlohmann::json::parse(read_text(manifest_path));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(manifest_path + ": not valid JSON (at byte " + std::to_string(e.byte) + ")", /*bad_input=*/true);
-  }
-  MOE_INPUT_CHECK(m.is_object() && m.value("format", "") == "moe-checkpoint", manifest_path,
-                  ": not a moe checkpoint manifest");
-  MOE_INPUT_CHECK(m.value("version", -1) == kCheckpointVersion, manifest_path, ": format version ",
-                  m.value("version", -1), ", this moe reads version ", kCheckpointVersion);
-  for (const char* key : {"step", "world_size", "expert_parallel_size", "num_experts"}) {
-    MOE_INPUT_CHECK(m.contains(key) && m[key].is_number_integer(), manifest_path, ": ", key, " is missing");
-  }
-  // Every number is checked before it is used: a layout from these divides and sizes loops.
-  const int64_t step = m["step"].get<int64_t>(), world = m["world_size"].get<int64_t>(),
-                ep = m["expert_parallel_size"].get<int64_t>(), experts = m["num_experts"].get<int64_t>();
-  MOE_INPUT_CHECK(step >= 0, manifest_path, ": step ", step, " is negative");
-  MOE_INPUT_CHECK(world >= 1 && ep >= 1 && ep <= world && world % ep == 0, manifest_path, ": expert_parallel_size ",
-                  ep, " and world_size ", world, " are not a layout (1 <= expert_parallel_size, dividing world_size)");
-  MOE_INPUT_CHECK(experts >= 0 && experts % ep == 0, manifest_path, ": num_experts ", experts,
-                  " is not a multiple of expert_parallel_size ", ep);
-  MOE_INPUT_CHECK(m.contains("files") && m["files"].is_array(), manifest_path, ": files is missing");
-  std::set<std::string> listed;
-  for (const auto& f : m["files"]) {
-    MOE_INPUT_CHECK(f.is_object() && f.contains("path") && f["path"].is_string() && f.contains("bytes") &&
-                        f["bytes"].is_number_unsigned() && f.contains("crc32") && f["crc32"].is_number_unsigned() &&
-                        f["crc32"].get<uint64_t>() <= UINT32_MAX,
-                    manifest_path, ": a file entry needs path, bytes and crc32 (unsigned 32-bit)");
-    const std::string path = f["path"].get<std::string>();
-    MOE_INPUT_CHECK(!path.empty() && path.find('/') == std::string::npos && path.find('\\') == std::string::npos &&
-                        path != "." && path != "..",
-                    manifest_path, ": names a path outside the checkpoint: ", path);
-    listed.insert(path);
-  }
-  std::vector<std::string> required = {"model.safetensors", "rng.safetensors", "config.yaml", "trainer.json"};
-  for (int64_t j = 0; j < m["expert_parallel_size"].get<int64_t>(); ++j) required.push_back(experts_file(j));
-  for (const auto& r : required) {
-    MOE_INPUT_CHECK(listed.count(r) == 1, manifest_path, ": does not list ", r);
-  }
-  return m;
+  return parse_manifest(read_text(dir + "/manifest.json"), dir + "/manifest.json");
 }
 
 std::map<std::string, Safetensors> verify_files(const std::string& dir, const nlohmann::json& manifest,

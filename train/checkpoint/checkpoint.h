@@ -2,7 +2,8 @@
 // Checkpoints: sharded, atomic, verified, loadable on another number of ranks.
 //
 // checkpoints/step_XXXXXXXX/
-//   manifest.json               format, version, step, the parallel layout, every file with bytes and CRC-32
+//   manifest.json               format, version, step, the parallel layout, every file with bytes and CRC-32,
+//                               sealed by its own CRC-32 (manifest.h)
 //   config.yaml                 the resolved config of the run
 //   trainer.json                step, optimizer steps, world size
 //   model.safetensors           every replicated tensor once: dense parameters, their AdamW moments
@@ -23,11 +24,10 @@
 
 #include "parallel/communicator.h"
 #include "parallel/parallel_dims.h"
+#include "train/checkpoint/manifest.h"
 #include "train/checkpoint/safetensors.h"
 
 namespace moe {
-
-constexpr int kCheckpointVersion = 1;
 
 // What one rank contributes to and takes from a checkpoint: live tensors (views into the model and the
 // optimizer), so loading copies straight into them.
@@ -52,8 +52,6 @@ std::string resolve_checkpoint(const std::string& root, const std::string& which
 // Verifies the manifest and every file it lists (size, CRC-32, safetensors structure); throws a bad-input
 // moe::Error naming the file. Returns the manifest.
 nlohmann::json verify_checkpoint(const std::string& dir);
-// The file holding EP rank `ep_rank`'s experts: "experts-EEEEE.safetensors".
-std::string experts_file(int64_t ep_rank);
 // verify_checkpoint in two halves, for readers that want some files' contents: the manifest of `dir`,
 // checked on its own (format, version, layout, the files a checkpoint must list) ...
 nlohmann::json read_manifest(const std::string& dir);

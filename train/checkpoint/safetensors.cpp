@@ -5,8 +5,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -23,37 +21,7 @@ const std::map<at::ScalarType, std::string>& dtype_names() {
   return names;
 }
 
-// Slicing-by-8 tables: table[0] is the byte-wise CRC-32 table, table[k] advances it by k more zero bytes,
-// so 8 bytes cost 8 lookups and no per-bit work (several times the byte-at-a-time loop).
-using CrcTables = std::array<std::array<uint32_t, 256>, 8>;
-CrcTables make_crc_tables() {
-  CrcTables t{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
-    t[0][i] = c;
-  }
-  for (int k = 1; k < 8; ++k) {
-    for (uint32_t i = 0; i < 256; ++i) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xff];
-  }
-  return t;
-}
-
 }  // namespace
-
-uint32_t crc32(const void* data, size_t size, uint32_t crc) {
-  static const CrcTables t = make_crc_tables();
-  const auto* p = static_cast<const unsigned char*>(data);
-  crc = ~crc;
-  for (; size >= 8; size -= 8, p += 8) {
-    const uint32_t one = (static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-                          static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24) ^ crc;
-    crc = t[7][one & 0xff] ^ t[6][(one >> 8) & 0xff] ^ t[5][(one >> 16) & 0xff] ^ t[4][one >> 24] ^
-          t[3][p[4]] ^ t[2][p[5]] ^ t[1][p[6]] ^ t[0][p[7]];
-  }
-  for (; size > 0; --size, ++p) crc = t[0][(crc ^ *p) & 0xff] ^ (crc >> 8);
-  return ~crc;
-}
 
 void fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
@@ -126,81 +94,20 @@ std::vector<char> read_file(const std::string& path) {
 Safetensors read_safetensors(const std::string& path) { return parse_safetensors(path, read_file(path)); }
 
 Safetensors parse_safetensors(const std::string& path, const std::vector<char>& file) {
-  const auto file_size = static_cast<int64_t>(file.size());
-  MOE_INPUT_CHECK(file_size >= 8, path, ": truncated (", file_size, " bytes, no safetensors header)");
-  uint64_t length = 0;
-  for (int i = 0; i < 8; ++i) length |= static_cast<uint64_t>(static_cast<unsigned char>(file[i])) << (8 * i);
-  MOE_INPUT_CHECK(length <= static_cast<uint64_t>(file_size - 8), path, ": header length ", length,
-                  " runs past the end of the file (", file_size, " bytes)");
-  const char* const data = file.data() + 8 + length;
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(file.data() + 8, data);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(path + ": the safetensors header is not valid JSON (at byte " + std::to_string(8 + e.byte - 1) + ")",
-                /*bad_input=*/true);
-  }
-  MOE_INPUT_CHECK(header.is_object(), path, ": the safetensors header is not a JSON object");
-  const int64_t data_size = file_size - 8 - static_cast<int64_t>(length);
-
+  const SafetensorsHeader header = parse_safetensors_header(path, file.data(), file.size());
   Safetensors out;
-  std::vector<std::pair<int64_t, int64_t>> ranges;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      MOE_INPUT_CHECK(entry.is_object(), path, ": __metadata__ is not an object");
-      for (const auto& [k, v] : entry.items()) {
-        MOE_INPUT_CHECK(v.is_string(), path, ": __metadata__.", k, " is not a string");
-        out.metadata[k] = v.get<std::string>();
-      }
-      continue;
-    }
-    const std::string where = path + ": tensor " + name;
-    MOE_INPUT_CHECK(entry.is_object() && entry.contains("dtype") && entry.contains("shape") &&
-                        entry.contains("data_offsets") && entry["dtype"].is_string() && entry["shape"].is_array() &&
-                        entry["data_offsets"].is_array() && entry["data_offsets"].size() == 2,
-                    where, ": needs dtype, shape and data_offsets [begin, end]");
+  out.metadata = header.metadata;
+  for (const SafetensorsEntry& e : header.tensors) {
     at::ScalarType type = at::kFloat;
-    bool known = false;
     for (const auto& [t, n] : dtype_names()) {
-      if (n == entry["dtype"].get<std::string>()) {
-        type = t;
-        known = true;
-      }
+      if (n == e.dtype) type = t;
     }
-    MOE_INPUT_CHECK(known, where, ": unsupported dtype ", entry["dtype"].dump());
-    std::vector<int64_t> shape;
-    int64_t numel = 1;
-    for (const auto& d : entry["shape"]) {
-      MOE_INPUT_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, where, ": bad shape ", entry["shape"].dump());
-      shape.push_back(d.get<int64_t>());
-      // No shape larger than the file survives this, so the product below cannot overflow.
-      MOE_INPUT_CHECK(shape.back() == 0 || numel <= data_size / shape.back(), where, ": shape ",
-                      entry["shape"].dump(), " is larger than the ", data_size, " data bytes");
-      numel *= shape.back();
+    at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(type));
+    if (e.end > e.begin) {
+      std::memcpy(t.data_ptr(), file.data() + header.data_offset + e.begin, static_cast<size_t>(e.end - e.begin));
     }
-    const auto& offsets = entry["data_offsets"];
-    MOE_INPUT_CHECK(offsets[0].is_number_integer() && offsets[1].is_number_integer(), where,
-                    ": data_offsets must be integers");
-    const auto begin = offsets[0].get<int64_t>(), end = offsets[1].get<int64_t>();
-    MOE_INPUT_CHECK(0 <= begin && begin <= end && end <= data_size, where, ": data_offsets [", begin, ", ", end,
-                    "] lie outside the ", data_size, " data bytes");
-    const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(type));
-    MOE_INPUT_CHECK(end - begin == bytes, where, ": shape ", entry["shape"].dump(), " of ", entry["dtype"].dump(),
-                    " needs ", bytes, " bytes, data_offsets give ", end - begin);
-    ranges.emplace_back(begin, end);
-    at::Tensor t = at::empty(shape, at::TensorOptions().dtype(type));
-    if (bytes > 0) std::memcpy(t.data_ptr(), data + begin, static_cast<size_t>(bytes));
-    out.tensors[name] = t;
+    out.tensors[e.name] = t;
   }
-  // The tensors tile the data section exactly, as the format requires: no overlap, no hole, nothing after.
-  std::sort(ranges.begin(), ranges.end());
-  int64_t covered = 0;
-  for (const auto& [begin, end] : ranges) {
-    MOE_INPUT_CHECK(begin >= covered, path, ": tensors overlap in the data section");
-    MOE_INPUT_CHECK(begin == covered, path, ": data bytes [", covered, ", ", begin, ") belong to no tensor");
-    covered = end;
-  }
-  MOE_INPUT_CHECK(covered == data_size, path, ": ", data_size - covered, " bytes after the last tensor belong to no tensor");
   return out;
 }
 

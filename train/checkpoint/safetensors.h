@@ -1,9 +1,6 @@
 #pragma once
-// The safetensors format, read and written by our own code: an 8-byte little-endian header length, a
-// JSON header {"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, then the
-// raw little-endian data. Nothing executable, nothing pickled. Reading checks everything a damaged or
-// hostile file could get wrong (header length, JSON, dtypes, shapes against byte ranges, ranges inside
-// the file and not overlapping) and names the file and the tensor in its error (bad input).
+// Safetensors files as tensors, read and written by our own code; nothing executable, nothing pickled.
+// The header is parsed and checked by safetensors_header.h, free of libtorch.
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -11,6 +8,9 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "train/checkpoint/crc32.h"
+#include "train/checkpoint/safetensors_header.h"
 
 namespace moe {
 
@@ -31,9 +31,6 @@ Safetensors read_safetensors(const std::string& path);
 Safetensors parse_safetensors(const std::string& path, const std::vector<char>& file);
 // A whole file's bytes.
 std::vector<char> read_file(const std::string& path);
-
-// CRC-32 (IEEE, as zlib) of a byte range, continuing from `crc` (0 to start).
-uint32_t crc32(const void* data, size_t size, uint32_t crc = 0);
 
 // fsync a file or a directory by path.
 void fsync_path(const std::string& path);
