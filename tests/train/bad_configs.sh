@@ -212,7 +212,7 @@ train:
 train:
   lr: 0.1
 Y
-check second_document "FILE:4: a second YAML document: a config is one document (no ---)" <<'Y'
+check second_document "FILE:3: a second YAML document, or text outside the first: a config is one document (no ---)" <<'Y'
 model:
   hidden_size: 64
 ---

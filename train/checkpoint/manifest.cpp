@@ -36,6 +36,8 @@ nlohmann::json parse_manifest(const std::string& text, const std::string& path) 
     m = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     throw Error(path + ": not valid JSON (at byte " + std::to_string(e.byte) + ")", /*bad_input=*/true);
+  } catch (const nlohmann::json::exception&) {  // a number beyond a double's range
+    throw Error(path + ": holds a number out of range", /*bad_input=*/true);
   }
   MOE_INPUT_CHECK(m.is_object() && m.contains("format") && m["format"] == "moe-checkpoint", path,
                   ": not a moe checkpoint manifest");

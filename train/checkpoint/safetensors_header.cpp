@@ -29,6 +29,8 @@ SafetensorsHeader parse_safetensors_header(const std::string& path, const char* 
   } catch (const nlohmann::json::parse_error& e) {
     throw Error(path + ": the safetensors header is not valid JSON (at byte " + std::to_string(8 + e.byte - 1) + ")",
                 /*bad_input=*/true);
+  } catch (const nlohmann::json::exception&) {  // a number beyond a double's range
+    throw Error(path + ": the safetensors header holds a number out of range", /*bad_input=*/true);
   }
   MOE_INPUT_CHECK(header.is_object(), path, ": the safetensors header is not a JSON object");
   SafetensorsHeader out;

@@ -1,12 +1,15 @@
 #include "train/cli/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
+#include <sstream>
 
 #include "core/check.h"
 
@@ -164,6 +167,45 @@ std::string line_of(const std::string& file, const YAML::Node& node) {
   return file + ":" + std::to_string(node.Mark().line + 1);
 }
 
+// A section or key name: a plain scalar, not a YAML complex key ("? [a, b]").
+std::string key_name(const std::string& file, const YAML::Node& key) {
+  if (!key.IsScalar()) throw Error(line_of(file, key) + ": a key must be a plain name, got " + describe(key), true);
+  return key.Scalar();
+}
+
+// Where each document of a YAML stream starts, and nothing else.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> starts;
+  void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// The one document of a config file. Not YAML::LoadAll: yaml-cpp 0.7's loops for ever, allocating, on
+// some malformed streams (a lone ",": yaml-cpp #1040, fixed in 0.8.1 by #1319; found by
+// tests/fuzz/fuzz_config.cpp). The parser is asked for two documents at most.
+YAML::Node load_one_document(const std::string& path, const std::string& text) {
+  YAML::Node root = YAML::Load(text);
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStarts documents;
+  for (int i = 0; i < 2 && parser.HandleNextDocument(documents); ++i) {
+  }
+  if (documents.starts.size() > 1) {
+    throw Error(path + ":" + std::to_string(documents.starts[1].line + 1) +
+                    ": a second YAML document, or text outside the first: a config is one document (no ---)",
+                /*bad_input=*/true);
+  }
+  return root;
+}
+
 void apply(const Schema& schema, Places& places, const std::string& key, const YAML::Node& value,
            const std::string& place) {
   const Field* field = schema.find(key);
@@ -228,17 +270,16 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   Schema schema(config);
   Places places(path);
   MOE_INPUT_CHECK(!std::filesystem::is_directory(path), "cannot read config file ", path, ": it is a directory");
+  std::string text;
+  {
+    std::ifstream is(path, std::ios::binary);
+    MOE_INPUT_CHECK(is.good(), "cannot read config file ", path);
+    text.assign(std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>());
+  }
   YAML::Node root;
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAllFromFile(path);
-    if (documents.size() > 1) {
-      throw Error(line_of(path, documents[1]) + ": a second YAML document: a config is one document (no ---)",
-                  /*bad_input=*/true);
-    }
-    if (!documents.empty()) root = documents.front();
-  } catch (const YAML::BadFile&) {
-    throw Error("cannot read config file " + path, /*bad_input=*/true);
-  } catch (const YAML::ParserException& e) {
+    root = load_one_document(path, text);
+  } catch (const YAML::Exception& e) {
     throw Error(path + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg, /*bad_input=*/true);
   }
   if (!root.IsNull()) {
@@ -253,7 +294,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     // Every value of a config is one line: a quote left open would swallow the keys after it.
     std::vector<std::string> lines;
     {
-      std::ifstream is(path);
+      std::istringstream is(text);
       for (std::string line; std::getline(is, line);) lines.push_back(line);
     }
     const auto one_line = [&](const std::string& key, const YAML::Node& key_node) {
@@ -278,7 +319,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
       }
     };
     for (const auto& section : root) {
-      const std::string name = section.first.as<std::string>();
+      const std::string name = key_name(path, section.first);
       once(name, section.first);
       const bool known = std::any_of(schema.fields().begin(), schema.fields().end(),
                                      [&](const Field& f) { return f.key.rfind(name + ".", 0) == 0; });
@@ -293,7 +334,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
                     /*bad_input=*/true);
       }
       for (const auto& item : section.second) {
-        const std::string key = name + "." + item.first.as<std::string>();
+        const std::string key = name + "." + key_name(path, item.first);
         once(key, item.first);
         one_line(key, item.first);
         apply(schema, places, key, item.second, line_of(path, item.first));
