@@ -11,5 +11,4 @@ cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 config=${MOE_CONFIG:-configs/brown-moe.yaml}
 out="runs/$(basename "$config" .yaml)-$(date +%Y%m%d-%H%M%S)"
-mpirun --oversubscribe -np "${MOE_RANKS:-2}" -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 \
-  build/moe train "$config" --set train.out_dir="$out" "$@"
+scripts/moe-launch --oversubscribe -np "${MOE_RANKS:-2}" -- build/moe train "$config" --set train.out_dir="$out" "$@"

@@ -16,6 +16,7 @@
 #include "parallel/watchdog.h"
 #include "train/checkpoint/checkpoint_state.h"
 #include "train/evaluation.h"
+#include "train/shared_directory.h"
 
 namespace moe {
 namespace {
@@ -44,6 +45,7 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
   accumulation_ = config_.accumulation_steps(world.size());
   // Local checks first, agreed by every rank: a missing file on one rank must not leave the others
   // waiting in a collective.
+  bool made_out_dir = false;
   all_ranks_succeed(control_, [&] {
     const int64_t window = config_.data.seq_len + 1;
     train_data_ = std::make_unique<TokenFile>(config_.data.train_path, config_.data.dtype,
@@ -63,9 +65,25 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
     MOE_INPUT_CHECK(ec || entries == std::filesystem::directory_iterator(), "train.out_dir ", t.out_dir,
                     " is not empty (it holds ", entries->path().filename().string(),
                     "); a new run starts in a new or empty directory (--set train.out_dir=...)");
-    std::filesystem::create_directories(dir);
-    write_file_atomically((dir / "config.yaml").string(), to_yaml(config_));
-    metrics_ = std::make_unique<MetricsLog>((dir / "metrics.jsonl").string(), -1);
+    made_out_dir = std::filesystem::create_directories(dir);
+  });
+  // A run resumed into a new directory makes it here; a refused check below leaves nothing behind.
+  all_ranks_succeed(control_, [&] {
+    if (world.rank() == 0 && !resume.empty()) made_out_dir = std::filesystem::create_directories(t.out_dir);
+  });
+  if (control_.size() > 1) {
+    try {
+      check_shared_directory(control_, t.out_dir);
+    } catch (const CollectiveError&) {
+      std::error_code ec;
+      if (made_out_dir) std::filesystem::remove(t.out_dir, ec);  // only if still empty
+      throw;
+    }
+  }
+  all_ranks_succeed(control_, [&] {
+    if (world.rank() != 0 || !resume.empty()) return;
+    write_file_atomically(t.out_dir + "/config.yaml", to_yaml(config_));
+    metrics_ = std::make_unique<MetricsLog>(t.out_dir + "/metrics.jsonl", -1);
   });
 
   model_ = Transformer(config_.model, ExpertParallel{dims_, groups_.ep.get(), &world_});
@@ -111,7 +129,6 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
       if (world.rank() != 0) return;
       // A run may continue from another run's checkpoint into a directory of its own.
       const std::filesystem::path dir(t.out_dir);
-      std::filesystem::create_directories(dir);
       if (!std::filesystem::exists(dir / "config.yaml")) {
         write_file_atomically((dir / "config.yaml").string(), to_yaml(config_));
       }
