@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -26,6 +28,17 @@ void on_stop_signal(int sig) { g_signal = sig; }
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Makes the run directory (returns whether it did) and checks that it takes files, before anything is
+// written: a read-only or unreachable train.out_dir is the user's to fix, not a failure halfway.
+bool make_out_dir(const std::string& dir) {
+  std::error_code ec;
+  const bool made = std::filesystem::create_directories(dir, ec);
+  MOE_INPUT_CHECK(!ec, "train.out_dir ", dir, ": cannot create it: ", ec.message());
+  MOE_INPUT_CHECK(::access(dir.c_str(), W_OK | X_OK) == 0, "train.out_dir ", dir, " is not writable: ",
+                  std::strerror(errno));
+  return made;
 }
 
 }  // namespace
@@ -65,11 +78,11 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
     MOE_INPUT_CHECK(ec || entries == std::filesystem::directory_iterator(), "train.out_dir ", t.out_dir,
                     " is not empty (it holds ", entries->path().filename().string(),
                     "); a new run starts in a new or empty directory (--set train.out_dir=...)");
-    made_out_dir = std::filesystem::create_directories(dir);
+    made_out_dir = make_out_dir(t.out_dir);
   });
   // A run resumed into a new directory makes it here; a refused check below leaves nothing behind.
   all_ranks_succeed(control_, [&] {
-    if (world.rank() == 0 && !resume.empty()) made_out_dir = std::filesystem::create_directories(t.out_dir);
+    if (world.rank() == 0 && !resume.empty()) made_out_dir = make_out_dir(t.out_dir);
   });
   if (control_.size() > 1) {
     try {

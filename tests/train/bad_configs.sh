@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Bad configs and overrides: each must stop `moe train` before any work with exit code 2 and one message
-# naming the file (or the --set), the key and its line.
+# The bad-input suite: bad configs and overrides, token files, output directories and command lines. Each
+# must stop moe before any work with exit code 2 and one message naming the file (or the --set, the
+# option), the key and its line; nothing written. Bad checkpoints: tests/train/checkpoint.sh corrupt.
 source "$(dirname "$0")/lib.sh"
 make_test_data
 n=0
@@ -257,4 +258,52 @@ refused "--dtype: float16 not in {float32,bfloat16}" "$MOE" export "$WORK" "$WOR
 refused "--dtype: int8 not in {uint16,uint32}" "$MOE" tokenize "$WORK/odd.bin" --out "$WORK/x.bin" --dtype int8
 refused "dir is required" "$MOE" checkpoint verify
 refused "The following argument was not expected: frobnicate" "$MOE" frobnicate
-echo "$n bad configs, each refused with exit code 2 and its message"
+# Found by the fuzz target (tests/fuzz/fuzz_config.cpp): yaml-cpp's LoadAll looped for ever on a lone
+# comma, and a complex key escaped as yaml-cpp's "bad conversion".
+check lone_comma "FILE:1: a second YAML document, or text outside the first" <<<","
+check complex_key "FILE:2: a key must be a plain name, got a list" <<'Y'
+model:
+  ? [hidden_size, num_layers]
+  : 64
+Y
+"$PYTHON" -c "print('model: ' + '[' * 100000)" > "$WORK/deep.txt"
+check deep_nesting "FILE:2: not valid YAML: nested too deeply" < "$WORK/deep.txt"
+printf '\x00\xff\xfe garbage' > "$WORK/garbage.txt"
+check binary_garbage "FILE:1: not valid YAML: unknown escape character" < "$WORK/garbage.txt"
+# Aliases nine deep, each nine wide (a "billion laughs"): refused at its first key, nothing expanded.
+"$PYTHON" -c "print('a: &a [x]'); [print(f'{chr(98 + i)}: &{chr(98 + i)} [' + ','.join(['*' + chr(97 + i)] * 9) + ']') for i in range(9)]" > "$WORK/laughs.txt"
+check alias_bomb "FILE:1: a is not a config section" < "$WORK/laughs.txt"
+check negative_steps "FILE:2: train.steps must be at least 1, got -1" <<'Y'
+train:
+  steps: -1
+Y
+printf 'abcdef' > "$WORK/six.bin"
+check data_uint32_odd "token file $WORK/six.bin: its size (6 bytes) is not a multiple of the element size (4 bytes for uint32)" \
+  --set data.dtype=uint32 --set data.train_path="$WORK/six.bin" --set data.val_path="$WORK/six.bin" <<<"$MODEL"
+printf '%.0s0123456789' $(seq 30) > "$WORK/digits.txt"  # byte ids 48-57: all below a vocabulary of 100
+"$MOE" tokenize "$WORK/digits.txt" --out "$WORK/digits.bin" 2>/dev/null
+check val_vocab_too_small "token file $WORK/val.bin: token " --set model.vocab_size=100 \
+  --set data.train_path="$WORK/digits.bin" <<<"$MODEL"
+# A read-only output directory: a read-only mount (root ignores file modes), or mode 555 otherwise.
+mkdir -p "$WORK/ro"
+if [ "$(id -u)" = 0 ] && mount -t tmpfs -o ro moe-ro "$WORK/ro" 2>/dev/null; then
+  trap 'umount "$WORK/ro" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+else
+  chmod 555 "$WORK/ro"
+fi
+check out_dir_read_only "train.out_dir $WORK/ro/run: cannot create it: Read-only file system" \
+  --set train.out_dir="$WORK/ro/run" <<<"$MODEL"
+refused "--resume: 1 required TEXT missing" "$MOE" train "$WORK/ok.yaml" --resume
+refused "--set: 1 required TEXT missing" "$MOE" train "$WORK/ok.yaml" --set
+refused "--checkpoint is required" "$MOE" eval --data "$WORK/val.bin"
+refused "--world: Value 0 not in range 1 to 1048576" "$MOE" plan "$WORK/ok.yaml" --world 0
+refused "The following argument was not expected: --frobnicate" "$MOE" --frobnicate
+refused "checkpoint $WORK/nowhere is not a directory" "$MOE" checkpoint verify "$WORK/nowhere"
+mkdir -p "$WORK/exported"
+refused "export: $WORK/exported already exists; nothing was overwritten" "$MOE" export "$WORK/nowhere" "$WORK/exported"
+refused "no checkpoint to resume: $WORK/out-resume/checkpoints/latest does not exist" \
+  "$MOE" train "$WORK/ok.yaml" "${DATA[@]}" --set train.out_dir="$WORK/out-resume" --resume latest
+refused "cannot write $WORK/nowhere/x.bin.tmp" "$MOE" tokenize "$SRC/README.md" --out "$WORK/nowhere/x.bin"
+refused "cannot read $WORK/nowhere.txt: no such file" "$MOE" tokenize "$WORK/nowhere.txt" --out "$WORK/y.bin"
+[ ! -e "$WORK/y.bin" ] || fail "tokenize of a missing file wrote its output"
+echo "$n bad inputs, each refused with exit code 2 and its message"

@@ -150,6 +150,8 @@ corrupt)
       moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/late" --set train.micro_batch_size=2 \
       --set parallel.expert_parallel_size=4 --set train.steps=30 --resume latest
   done
+  fresh; sed -i 's/"step": [0-9]*/"step": 1e999/' "$WORK/c/manifest.json"  # found by tests/fuzz/fuzz_manifest.cpp
+  expect_refused manifest_number_overflow "manifest.json: holds a number out of range" "$MOE" checkpoint verify "$WORK/c"
   fresh; echo '{"format": "moe-checkpoint", "version": 99}' > "$WORK/c/manifest.json"
   expect_refused bad_version "format version 99" "$MOE" checkpoint verify "$WORK/c"
   # A resume from step 10 that only the last rank refuses (its generator state is missing from a

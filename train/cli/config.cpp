@@ -1,5 +1,6 @@
 #include "train/cli/config.h"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
@@ -279,6 +280,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   YAML::Node root;
   try {
     root = load_one_document(path, text);
+  } catch (const YAML::DeepRecursion& e) {  // its own text says "bad file"
+    throw Error(path + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: nested too deeply", true);
   } catch (const YAML::Exception& e) {
     throw Error(path + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg, /*bad_input=*/true);
   }
