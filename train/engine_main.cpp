@@ -4,6 +4,7 @@
 // failure that not every rank saw aborts the whole job, so no peer waits forever in a collective.
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <iostream>
@@ -25,9 +26,12 @@
 
 namespace {
 
-// libtorch's errors carry a backtrace of frame addresses: the first line is the message.
+// libtorch's errors carry a backtrace of frame addresses: users get the first line, the message;
+// MOE_DEBUG=1 (scripts/moe-launch passes it to every rank) shows the backtrace too.
 std::string message_of(const std::exception& e) {
-  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return c10->what_without_backtrace();
+  const char* debug = std::getenv("MOE_DEBUG");
+  const bool full = debug != nullptr && std::string(debug) == "1";
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return full ? c10->what() : c10->what_without_backtrace();
   return e.what();
 }
 
