@@ -147,7 +147,7 @@ trials)
     partial=$(ls -a "$WORK/run/checkpoints" | grep -c '^\.tmp-' || true)
     echo "trial $i: killed the rank on $host; latest = $latest verifies ($partial partial save(s) left aside, never loaded)"
     for h in host1 host2; do for p in $(engines $h); do kill -9 "$p" 2>/dev/null || true; done; done
-    [ "$i" -lt "$n" ] && launch "$WORK/run" "${slow[@]}" --resume latest
+    if [ "$i" -lt "$n" ]; then launch "$WORK/run" "${slow[@]}" --resume latest; fi
   done
   ;;
 *) fail "unknown case $case" ;;
