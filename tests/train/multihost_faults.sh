@@ -24,12 +24,21 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 if [ "$case" = unshared ]; then
-  [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null || skip "unshare -m needs root"
+  [ "$(id -u)" = 0 ] || skip "a mount namespace needs root"
+  # In a chroot / is no mount point and cannot be made private: keep the propagation there, and make
+  # sure below that the tmpfs stayed inside the namespace.
+  prop=private
+  unshare -m --propagation private true 2>/dev/null || prop=unchanged
+  unshare -m --propagation $prop true 2>/dev/null || skip "unshare -m fails here"
   mkdir -p "$WORK/runs"
   rc=0
   mpirun -np 1 -x OMP_NUM_THREADS=1 "$MOE" "${TRAIN[@]}" --set train.out_dir="$WORK/runs/a" : \
-    -np 1 -x OMP_NUM_THREADS=1 unshare -m sh -c 'mount -t tmpfs moe-unshared "$0" && exec "$@"' "$WORK/runs" \
-    "$MOE" "${TRAIN[@]}" --set train.out_dir="$WORK/runs/a" > "$WORK/log" 2>&1 || rc=$?
+    -np 1 -x OMP_NUM_THREADS=1 unshare -m --propagation $prop sh -c 'mount -t tmpfs moe-unshared "$0" && exec "$@"' \
+    "$WORK/runs" "$MOE" "${TRAIN[@]}" --set train.out_dir="$WORK/runs/a" > "$WORK/log" 2>&1 || rc=$?
+  if mountpoint -q "$WORK/runs"; then
+    umount "$WORK/runs"
+    skip "a mount made in a new namespace shows outside it here (shared propagation in a chroot)"
+  fi
   [ "$rc" -eq 2 ] || { cat "$WORK/log"; fail "exit code $rc for a run directory rank 1 cannot see, expected 2"; }
   grep -q "train.out_dir $WORK/runs/a is not shared: rank 1 on .* cannot see the file .moe-shared-check-" "$WORK/log" ||
     { cat "$WORK/log"; fail "no message naming train.out_dir and the rank"; }
