@@ -23,6 +23,16 @@ enum class AuxLossScope { kMicroBatch, kGlobal };
 // SwiGLU: w2(silu(x w1) * (x w3)), as Mixtral. GELU: w2(gelu(x w1)), as Switch and GShard.
 enum class ExpertType { kSwiGLU, kGELU };
 
+// What the backward recomputes instead of keeping (train.recompute; core/recompute.h): nothing; the
+// expert FFNs of each MoE layer (routed and shared: the largest activations of an MoE block); or whole
+// transformer blocks, keeping only each block's input.
+enum class Recompute { kNone, kMoE, kFull };
+
+inline const EnumNames<Recompute>& enum_names(Recompute) {
+  static const EnumNames<Recompute> names = {{"none", Recompute::kNone}, {"moe", Recompute::kMoE},
+                                             {"full", Recompute::kFull}};
+  return names;
+}
 inline const EnumNames<ScoreFunction>& enum_names(ScoreFunction) {
   static const EnumNames<ScoreFunction> names = {{"softmax", ScoreFunction::kSoftmax},
                                                  {"sigmoid", ScoreFunction::kSigmoid}};

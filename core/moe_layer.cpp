@@ -1,6 +1,7 @@
 #include "core/moe_layer.h"
 
 #include "core/check.h"
+#include "core/recompute.h"
 
 namespace moe {
 
@@ -39,12 +40,20 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x) {
   at::Tensor y_ND;
   {
     ScopedPhase timer(times_, &PhaseTimes::experts);
-    y_ND = experts->forward(d.x_ND, d.tokens_per_local_expert);
+    y_ND = run_ffn(experts, d.x_ND, d.tokens_per_local_expert);
   }
   at::Tensor y_TD = dispatcher_->combine(y_ND, d.handle);
-  if (shared_experts) y_TD = y_TD + shared_experts->forward(x_TD, {x_TD.size(0)});
+  if (shared_experts) y_TD = y_TD + run_ffn(shared_experts, x_TD, {x_TD.size(0)});
   out.y = y_TD.view(x.sizes());
   return out;
+}
+
+at::Tensor MoELayerImpl::run_ffn(Experts e, const at::Tensor& x, const std::vector<int64_t>& rows) {
+  if (!recompute_experts_ || !is_training()) return e->forward(x, rows);
+  const Recomputable ffn = [e, rows](const std::vector<at::Tensor>& in, bool) mutable {
+    return std::vector<at::Tensor>{e->forward(in[0], rows)};
+  };
+  return recompute(ffn, {x})[0];
 }
 
 void MoELayerImpl::set_phase_times(PhaseTimes* times) {

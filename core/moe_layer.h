@@ -32,6 +32,8 @@ class MoELayerImpl : public torch::nn::Module {
   // The global id of this rank's first expert; experts->w1[i] is global expert first_local_expert() + i.
   int64_t first_local_expert() const { return first_local_expert_; }
   void set_phase_times(PhaseTimes* times);
+  // train.recompute moe: the expert FFNs (routed and shared) keep only their input for backward.
+  void set_recompute_experts(bool on) { recompute_experts_ = on; }
   Router router{nullptr};
   Experts experts{nullptr};
   Experts shared_experts{nullptr};  // null without shared experts
@@ -42,6 +44,10 @@ class MoELayerImpl : public torch::nn::Module {
   std::unique_ptr<TokenDispatcher> dispatcher_;
   int64_t first_local_expert_ = 0;
   PhaseTimes* times_ = nullptr;
+  bool recompute_experts_ = false;
+
+  // An FFN of experts on x (rows per expert), under the recompute setting.
+  at::Tensor run_ffn(Experts e, const at::Tensor& x, const std::vector<int64_t>& rows);
 };
 TORCH_MODULE(MoELayer);
 

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "core/check.h"
+#include "core/recompute.h"
 
 namespace moe {
 
@@ -132,11 +133,37 @@ TransformerOutput TransformerImpl::forward(const at::Tensor& tokens) {
             tokens.sizes(), " ", tokens.scalar_type());
   TransformerOutput out;
   at::Tensor x = at::embedding(embed_tokens, tokens);
-  for (auto& layer : layers) x = layer->forward(x, out.routings);
+  std::vector<at::Tensor> router_losses;  // the graph's own: with full recompute, the re-run's
+  for (auto& layer : layers) {
+    if (recompute_ != Recompute::kFull || !is_training()) {
+      x = layer->forward(x, out.routings);
+      if (layer->moe) router_losses.push_back(out.routings.back().loss);
+      continue;
+    }
+    // Only the block's input is kept; its routing (statistics) comes from the first run alone.
+    std::vector<Routing>* routings = &out.routings;
+    TransformerBlock block = layer;
+    const Recomputable run = [block, routings](const std::vector<at::Tensor>& in, bool replay) mutable {
+      std::vector<Routing> again;
+      std::vector<Routing>& sink = replay ? again : *routings;
+      const size_t before = sink.size();
+      std::vector<at::Tensor> outputs = {block->forward(in[0], sink)};
+      if (sink.size() > before) outputs.push_back(sink.back().loss);
+      return outputs;
+    };
+    const std::vector<at::Tensor> outputs = recompute(run, {x});
+    x = outputs[0];
+    if (outputs.size() > 1) router_losses.push_back(outputs[1]);
+  }
   out.logits = at::linear(norm->forward(x), lm_head);
   out.router_loss = at::zeros({}, out.logits.options());
-  for (const Routing& r : out.routings) out.router_loss = out.router_loss + r.loss;
+  for (const at::Tensor& l : router_losses) out.router_loss = out.router_loss + l;
   return out;
+}
+
+void TransformerImpl::set_recompute(Recompute recompute) {
+  recompute_ = recompute;
+  for (MoELayer& m : moe_layers()) m->set_recompute_experts(recompute == Recompute::kMoE);
 }
 
 namespace {

@@ -85,6 +85,8 @@ class TransformerImpl : public torch::nn::Module {
   // expert: built with the model, the one list that sync, clipping, the optimizer and checkpoints read.
   const ParameterList& parameter_records() const { return records_; }
   std::vector<MoELayer> moe_layers() const;
+  // train.recompute (core/recompute.h): applies in training mode, under grad.
+  void set_recompute(Recompute recompute);
 
   const TransformerOptions& options() const { return options_; }
   at::Tensor embed_tokens;  // [vocab, D]
@@ -95,6 +97,7 @@ class TransformerImpl : public torch::nn::Module {
  private:
   TransformerOptions options_;
   ParameterList records_;
+  Recompute recompute_ = Recompute::kNone;
 };
 TORCH_MODULE(Transformer);
 

@@ -102,6 +102,7 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
   model_ = Transformer(config_.model, ExpertParallel{dims_, groups_.ep.get(), &world_});
   model_->init_weights(t.seed);  // on the CPU's generator: the same weights on every device
   model_->to(device_);
+  model_->set_recompute(t.recompute);
   // Router jitter draws from the global generator: the same run gives the same draws, ranks differ.
   at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1));
   moe_layers_ = model_->moe_layers();
@@ -153,9 +154,10 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
   for (const ParameterRecord& p : model_->parameter_records()) {
     (p.is_expert() ? experts_local : total) += p.tensor.numel();
   }
-  spdlog::info("model: {} layers ({} MoE), {:.2f}M parameters on this rank ({:.2f}M in {} local experts per MoE layer)",
+  spdlog::info("model: {} layers ({} MoE), {:.2f}M parameters on this rank ({:.2f}M in {} local experts per MoE layer); "
+               "recompute {}",
                config_.model.num_layers, moe_layers_.size(), (total + experts_local) / 1e6, experts_local / 1e6,
-               dims_.num_local_experts);
+               dims_.num_local_experts, enum_name(t.recompute));
   spdlog::info("parallel: {} ranks, expert parallel {} x expert data parallel {}; batch {} sequences x {} tokens "
                "= {} micro-batch x {} accumulation x {} ranks",
                world.size(), dims_.ep_size, dims_.edp_size, t.global_batch_size, config_.data.seq_len,

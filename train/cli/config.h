@@ -56,6 +56,7 @@ struct TrainOptions {
   double beta2 = 0.95;
   double adam_eps = 1e-8;
   double grad_clip = 1.0;          // 0: no clipping
+  Recompute recompute = Recompute::kNone;  // what backward recomputes instead of keeping
   OnNonFinite on_nonfinite = OnNonFinite::kStop;
   int64_t max_skipped_steps = 10;  // with on_nonfinite skip: the run stops at the next one
 };
@@ -111,6 +112,7 @@ void visit_job_options(C& c, Visitor& v) {  // C: Config, const or not
   v.real("train.beta2", t.beta2, 0, true, 1);
   v.real("train.adam_eps", t.adam_eps, 0, false, kInf);
   v.real("train.grad_clip", t.grad_clip, 0, true, kInf);
+  v.choice("train.recompute", t.recompute);
   v.choice("train.on_nonfinite", t.on_nonfinite);
   v.integer("train.max_skipped_steps", t.max_skipped_steps, 0);
   v.integer("checkpoint.every", c.checkpoint.every, 0);
