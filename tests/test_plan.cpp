@@ -39,6 +39,18 @@ TEST(Plan, ActiveParametersByHand) {
   EXPECT_EQ(make_plan(c, 1).active_params, 2 * 256 * 64 + 64 + 2 * (attention + moe_active));
 }
 
+TEST(Plan, ActivationsByRecomputeByHand) {
+  // tiny, per token and layer (both MoE): attention 5 x 64 + 4 x 2 x 16 + 2 x 4 x 16 + 3 x 4 x 32 = 960;
+  // the MoE FFN 2 x 64 + 4 + 2 x 3 x 64 = 516 plus the experts' hidden buffers 2 x 3 x 64 = 384.
+  // Logits and log-softmax 2 x 256. A micro-batch of 2 x 32 tokens, 4 bytes a float.
+  const int64_t block = 960 + 516 + 384, bytes = 4 * 2 * 32;
+  EXPECT_EQ(make_plan(small({}), 1).activation_bytes, bytes * (512 + 2 * block));
+  // moe: the hidden buffers go, one layer's come back while its experts are recomputed.
+  EXPECT_EQ(make_plan(small({"train.recompute=moe"}), 1).activation_bytes, bytes * (512 + 2 * (block - 384) + 384));
+  // full: each block keeps its input; one whole block is rebuilt at a time.
+  EXPECT_EQ(make_plan(small({"train.recompute=full"}), 1).activation_bytes, bytes * (512 + 2 * 64 + block));
+}
+
 TEST(Plan, AllToAllBytesByHand) {
   // 2 MoE layers x 4 exchanges x accumulation 2 x (2 x 32 tokens x top-2 x 64 floats x 4 bytes) x (EP-1)/EP.
   const Config c = load_config(std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml",

@@ -61,6 +61,9 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   plan->add_option("--world", c.world_size, "Number of ranks")->required()->check(CLI::Range(1, 1 << 20));
   plan->add_option("--set", c.sets, "Override a config key (repeatable)");
   plan->add_flag("--json", c.json, "Print one JSON object instead of the table");
+  plan->add_option("--gpu-memory", c.gpu_memory, "Say whether one rank's memory fits in this much (80GiB, 141GB)")
+      ->transform(CLI::AsSizeValue(/*kb_is_1000=*/true))
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 60));
 
   try {
     app.parse(argc, argv);

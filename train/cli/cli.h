@@ -27,6 +27,7 @@ struct CommandLine {
   std::string dtype = "uint16";    // tokenize
   int world_size = 1;              // plan
   bool json = false;               // plan
+  int64_t gpu_memory = 0;          // plan: bytes one GPU holds, to check the plan against (0: not asked)
 };
 
 // Parses argv into `out`. Returns -1 when a command is to run; otherwise the exit code once help, the

@@ -43,7 +43,8 @@ int main(int argc, char** argv) {
     } else {
       const moe::Config config = moe::load_config(cl.config_path, cl.sets, cl.world_size);
       const moe::Plan plan = moe::make_plan(config, cl.world_size);
-      std::cout << (cl.json ? moe::to_json(plan).dump() + "\n" : moe::describe(plan, config, cl.world_size));
+      std::cout << (cl.json ? moe::to_json(plan, cl.gpu_memory).dump() + "\n"
+                            : moe::describe(plan, config, cl.world_size, cl.gpu_memory));
     }
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());

@@ -1,5 +1,6 @@
 #include "train/cli/plan.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 
@@ -26,28 +27,45 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
   PlanOf<N> p;
   p.total_params = p.active_params = p.params_per_rank = outside;
   const N S = c.data.seq_len, T = static_cast<N>(c.train.micro_batch_size) * S;
-  // Floats kept for backward per token: attention (norm in/out, q/k/v before and after rotation, the
-  // output and its projection, 3 x H x S for scores, mask and probabilities), the FFN (norm, routed copies
-  // sent and received, SwiGLU's three F-wide buffers per copy), the logits and their log-softmax.
-  N floats_per_token = 2 * V;
+  // Floats a block keeps for backward per token: attention (norm in/out, q/k/v before and after
+  // rotation, the output and its projection, 3 x H x S for scores, mask and probabilities), the FFN (norm,
+  // routed copies sent and received, SwiGLU's three F-wide buffers per copy, the shared experts'). Of
+  // those, the expert FFNs' hidden buffers are what train.recompute moe gives back; full keeps the
+  // block's input (D) alone. Either way, backward rebuilds one layer's worth at a time: the largest.
+  N kept = 0, largest = 0;
   for (int64_t l = 0; l < o.num_layers; ++l) {
     p.total_params += attention;
     p.active_params += attention;
     p.params_per_rank += attention;
-    floats_per_token += 5 * D + 4 * KV * hd + 2 * H * hd + 3 * H * S;
+    N block = 5 * D + 4 * KV * hd + 2 * H * hd + 3 * H * S, recomputed = 0;
     if (o.is_moe_layer(l)) {
       ++p.num_moe_layers;
       p.total_params += E * D + E * expert + shared;
       p.active_params += E * D + K * expert + shared;
       p.params_per_rank += E * D + experts_per_rank * expert + shared;
-      floats_per_token += 2 * D + E + K * (3 * D + expert_matrices * F) + o.moe.num_shared_experts * 3 * F;
+      recomputed = K * expert_matrices * F + static_cast<N>(o.moe.num_shared_experts) * 3 * F;
+      block += 2 * D + E + K * 3 * D + recomputed;
     } else {
       p.total_params += dense_ffn;
       p.active_params += dense_ffn;
       p.params_per_rank += dense_ffn;
-      floats_per_token += 2 * D + 3 * static_cast<N>(o.ffn_hidden_size);
+      block += 2 * D + 3 * static_cast<N>(o.ffn_hidden_size);
+    }
+    switch (c.train.recompute) {
+      case Recompute::kNone:
+        kept += block;
+        break;
+      case Recompute::kMoE:
+        kept += block - recomputed;
+        largest = std::max(largest, recomputed);
+        break;
+      case Recompute::kFull:
+        kept += D;
+        largest = std::max(largest, block);
+        break;
     }
   }
+  const N floats_per_token = 2 * V + kept + largest;  // the logits and their log-softmax, the blocks
   p.param_bytes = 4 * p.params_per_rank;
   p.grad_bytes = 4 * p.params_per_rank;
   p.optimizer_bytes = 8 * p.params_per_rank;
@@ -83,8 +101,8 @@ Plan make_plan(const Config& c, int world_size) {
   return plan_of<int64_t>(c, world_size);
 }
 
-nlohmann::json to_json(const Plan& p) {
-  return {{"total_params", p.total_params},
+nlohmann::json to_json(const Plan& p, int64_t gpu_memory) {
+  nlohmann::json j = {{"total_params", p.total_params},
           {"active_params", p.active_params},
           {"params_per_rank", p.params_per_rank},
           {"num_moe_layers", p.num_moe_layers},
@@ -94,6 +112,9 @@ nlohmann::json to_json(const Plan& p) {
             {"optimizer", p.optimizer_bytes},
             {"activations", p.activation_bytes}}},
           {"a2a_bytes_per_step_per_rank", p.a2a_bytes_per_step}};
+  j["bytes_per_rank"]["total"] = p.total_bytes();
+  if (gpu_memory > 0) j["gpu_memory"] = {{"bytes", gpu_memory}, {"fits", p.total_bytes() <= gpu_memory}};
+  return j;
 }
 
 namespace {
@@ -113,7 +134,7 @@ std::string gib(int64_t bytes) {
 }
 }  // namespace
 
-std::string describe(const Plan& p, const Config& c, int world_size) {
+std::string describe(const Plan& p, const Config& c, int world_size, int64_t gpu_memory) {
   const int64_t ep = c.parallel.expert_parallel_size;
   std::string out = c.source + " on " + std::to_string(world_size) + " ranks (expert parallel " + std::to_string(ep) +
                     " x expert data parallel " + std::to_string(world_size / ep) + ")\n";
@@ -125,9 +146,19 @@ std::string describe(const Plan& p, const Config& c, int world_size) {
   out += "  gradients    " + gib(p.grad_bytes) + "\n";
   out += "  optimizer    " + gib(p.optimizer_bytes) + "\n";
   out += "  activations  " + gib(p.activation_bytes) + "  (one micro-batch of " +
-         std::to_string(c.train.micro_batch_size) + " x " + std::to_string(c.data.seq_len) + " tokens, estimate)\n";
-  out += "  total        " + gib(p.param_bytes + p.grad_bytes + p.optimizer_bytes + p.activation_bytes) + "\n";
+         std::to_string(c.train.micro_batch_size) + " x " + std::to_string(c.data.seq_len) + " tokens, recompute " +
+         enum_name(c.train.recompute) + ", estimate)\n";
+  out += "  total        " + gib(p.total_bytes()) + "\n";
   out += "all-to-all: " + gib(p.a2a_bytes_per_step) + " sent per rank per step\n";
+  if (gpu_memory > 0) {
+    const int64_t spare = gpu_memory - p.total_bytes();
+    const auto plain = [](int64_t bytes) {
+      std::string g = gib(bytes);
+      return g.erase(0, g.find_first_not_of(' '));
+    };
+    out += std::string(spare >= 0 ? "fits in " : "does not fit in ") + plain(gpu_memory) + " of GPU memory: " +
+           plain(spare >= 0 ? spare : -spare) + (spare >= 0 ? " to spare\n" : " over\n");
+  }
   return out;
 }
 

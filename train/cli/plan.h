@@ -23,14 +23,17 @@ struct PlanOf {
   // backward, every MoE layer and micro-batch, with tokens spread evenly over the experts.
   N a2a_bytes_per_step = 0;
   N num_moe_layers = 0;
+  // What one rank holds at its peak: weights, gradients, optimizer state and activations.
+  N total_bytes() const { return param_bytes + grad_bytes + optimizer_bytes + activation_bytes; }
 };
 using Plan = PlanOf<int64_t>;
 
 // Throws moe::Error (bad input) when the config's sizes give more than 2^62 parameters or bytes per
 // rank, beyond any machine, naming the largest figure.
 Plan make_plan(const Config& config, int world_size);
-nlohmann::json to_json(const Plan& plan);
+// gpu_memory > 0: also whether total_bytes() fits in that many bytes.
+nlohmann::json to_json(const Plan& plan, int64_t gpu_memory = 0);
 // The human-readable table.
-std::string describe(const Plan& plan, const Config& config, int world_size);
+std::string describe(const Plan& plan, const Config& config, int world_size, int64_t gpu_memory = 0);
 
 }  // namespace moe
