@@ -91,11 +91,13 @@ void ExpertsImpl::check_counts(const at::Tensor& x_ND, const std::vector<int64_t
 
 at::Tensor ExpertsImpl::forward(const at::Tensor& x_ND, const std::vector<int64_t>& counts) {
   check_counts(x_ND, counts);
-  const at::Tensor h1 = grouped_matmul(x_ND, w1, counts);
+  // Float32 master weights, computed in x's dtype; the casts' backward returns float32 gradients.
+  const auto in_x = [&x_ND](const at::Tensor& w) { return w.to(x_ND.scalar_type()); };
+  const at::Tensor h1 = grouped_matmul(x_ND, in_x(w1), counts);
   const at::Tensor h = options_.type == ExpertType::kSwiGLU
-                           ? at::silu(h1) * grouped_matmul(x_ND, w3, counts)
+                           ? at::silu(h1) * grouped_matmul(x_ND, in_x(w3), counts)
                            : at::gelu(h1);
-  return grouped_matmul(h, w2, counts);
+  return grouped_matmul(h, in_x(w2), counts);
 }
 
 at::Tensor ExpertsImpl::forward_reference(const at::Tensor& x_ND, const std::vector<int64_t>& counts) {

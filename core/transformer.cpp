@@ -50,18 +50,24 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   MOE_CHECK(x.dim() == 3 && x.size(2) == o.hidden_size, "attention: expected [B, S, ", o.hidden_size, "], got ",
             x.sizes());
   const int64_t B = x.size(0), S = x.size(1), H = o.num_attention_heads, KV = o.kv_heads(), hd = head_dim();
-  const at::Tensor q = apply_rope(at::linear(x, q_proj).view({B, S, H, hd}), o.rope_theta).transpose(1, 2);
-  at::Tensor k = apply_rope(at::linear(x, k_proj).view({B, S, KV, hd}), o.rope_theta).transpose(1, 2);
-  at::Tensor v = at::linear(x, v_proj).view({B, S, KV, hd}).transpose(1, 2);
+  // Weights are float32 masters; the projections compute in x's dtype (bfloat16 under train.dtype), and
+  // the casts' backward brings the gradients back to float32.
+  const auto in_x = [&x](const at::Tensor& w) { return w.to(x.scalar_type()); };
+  const at::Tensor q = apply_rope(at::linear(x, in_x(q_proj)).view({B, S, H, hd}), o.rope_theta).transpose(1, 2);
+  at::Tensor k = apply_rope(at::linear(x, in_x(k_proj)).view({B, S, KV, hd}), o.rope_theta).transpose(1, 2);
+  at::Tensor v = at::linear(x, in_x(v_proj)).view({B, S, KV, hd}).transpose(1, 2);
   if (KV != H) {  // query head h reads KV head h / (H / KV)
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
   const at::Tensor causal = at::ones({S, S}, x.options().dtype(at::kBool)).triu(1);
   const at::Tensor scores = at::matmul(q, k.transpose(-2, -1)).mul(1.0 / std::sqrt(static_cast<double>(hd)));
-  const at::Tensor probs = at::softmax(scores.masked_fill(causal, -INFINITY), -1);
+  const at::Tensor masked = scores.masked_fill(causal, -INFINITY);
+  // In reduced precision the softmax runs in float32 (Megatron's attention_softmax_in_fp32).
+  const at::Tensor probs = x.scalar_type() == at::kFloat ? at::softmax(masked, -1)
+                                                         : at::softmax(masked, -1, at::kFloat).to(x.scalar_type());
   const at::Tensor out = at::matmul(probs, v).transpose(1, 2).reshape({B, S, H * hd});
-  return at::linear(out, o_proj);
+  return at::linear(out, in_x(o_proj));
 }
 
 TransformerBlockImpl::TransformerBlockImpl(const TransformerOptions& o, int64_t layer, const ExpertParallel& parallel) {
@@ -132,7 +138,7 @@ TransformerOutput TransformerImpl::forward(const at::Tensor& tokens) {
   MOE_CHECK(tokens.dim() == 2 && tokens.scalar_type() == at::kLong, "transformer: expected int64 tokens [B, S], got ",
             tokens.sizes(), " ", tokens.scalar_type());
   TransformerOutput out;
-  at::Tensor x = at::embedding(embed_tokens, tokens);
+  at::Tensor x = at::embedding(embed_tokens, tokens).to(compute_dtype_);
   std::vector<at::Tensor> router_losses;  // the graph's own: with full recompute, the re-run's
   for (auto& layer : layers) {
     if (recompute_ != Recompute::kFull || !is_training()) {
@@ -155,10 +161,16 @@ TransformerOutput TransformerImpl::forward(const at::Tensor& tokens) {
     x = outputs[0];
     if (outputs.size() > 1) router_losses.push_back(outputs[1]);
   }
-  out.logits = at::linear(norm->forward(x), lm_head);
+  out.logits = at::linear(norm->forward(x), lm_head.to(compute_dtype_)).to(at::kFloat);  // the loss in float32
   out.router_loss = at::zeros({}, out.logits.options());
   for (const at::Tensor& l : router_losses) out.router_loss = out.router_loss + l;
   return out;
+}
+
+void TransformerImpl::set_compute_dtype(at::ScalarType dtype) {
+  MOE_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "transformer: compute dtype must be float32 or bfloat16, got ",
+            dtype);
+  compute_dtype_ = dtype;
 }
 
 void TransformerImpl::set_recompute(Recompute recompute) {

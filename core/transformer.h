@@ -87,6 +87,10 @@ class TransformerImpl : public torch::nn::Module {
   std::vector<MoELayer> moe_layers() const;
   // train.recompute (core/recompute.h): applies in training mode, under grad.
   void set_recompute(Recompute recompute);
+  // train.dtype: the dtype the forward and backward compute in (float32, or bfloat16 as mixed
+  // precision). Parameters stay float32 masters, so their gradients accumulate in float32 across
+  // micro-batches (Megatron's main_grad); routing, its losses and the logits stay float32.
+  void set_compute_dtype(at::ScalarType dtype);
 
   const TransformerOptions& options() const { return options_; }
   at::Tensor embed_tokens;  // [vocab, D]
@@ -98,6 +102,7 @@ class TransformerImpl : public torch::nn::Module {
   TransformerOptions options_;
   ParameterList records_;
   Recompute recompute_ = Recompute::kNone;
+  at::ScalarType compute_dtype_ = at::kFloat;
 };
 TORCH_MODULE(Transformer);
 

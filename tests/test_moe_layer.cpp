@@ -103,14 +103,14 @@ Observed run_reference(MoELayer& layer, const at::Tensor& x0, const at::Tensor& 
   return o;
 }
 
-void expect_matches_reference(const Case& c, MoELayer& layer, const at::Tensor& x, bool training = true) {
+void expect_matches_reference(const Case& c, MoELayer& layer, const at::Tensor& x, bool training = true,
+                              double rtol = 2e-5) {
   const at::Tensor g = at::randn({x.size(0), c.D});
   const Observed got = run_layer(layer, x, g);
-  const Observed want = run_reference(layer, x, g, training);
+  const Observed want = run_reference(layer, x.to(at::kFloat), g, training);
   EXPECT_TRUE(at::equal(got.tokens_per_expert, want.tokens_per_expert))
       << got.tokens_per_expert << " vs " << want.tokens_per_expert;
   EXPECT_EQ(got.dropped, want.dropped);
-  const double rtol = 2e-5;
   EXPECT_TRUE(testing::close(got.y, want.y, rtol)) << "output";
   EXPECT_TRUE(testing::close(got.aux, want.aux, rtol)) << "aux loss";
   EXPECT_TRUE(testing::close(got.z, want.z, rtol)) << "z loss";
@@ -156,6 +156,25 @@ INSTANTIATE_TEST_SUITE_P(
       }
       return os.str();
     });
+
+// train.dtype bfloat16: the layer computes in bf16 from float32 master weights (routing in float32), and
+// must match the float64 reference on the same (bf16-rounded) input within a bound derived from bf16's
+// 8 significant bits. Each rounding is a relative error of at most u = 2^-8; on an expert's path the
+// weights w1, w3, w2 are rounded, then h1, h3, their product and the output, and the gate weight in
+// the combine: 8 roundings. To first order they add: 8u = 2^-5 of the magnitudes involved, taken here
+// against the largest reference value of each output and gradient. Routing (float32 on identical
+// inputs) must be identical: the same assignments, the same drops.
+TEST(MoELayerBFloat16, MatchesFloat64ReferenceWithinBFloat16Rounding) {
+  for (const Capacity capacity : {Capacity::kDropless, Capacity::kProbability}) {
+    Case c;
+    c.capacity = capacity;
+    c.num_shared = 1;
+    at::manual_seed(17);
+    MoELayer layer(options_for(c));
+    const at::Tensor x = at::randn({c.T, c.D}).to(at::kBFloat16);
+    expect_matches_reference(c, layer, x, /*training=*/true, /*rtol=*/1.0 / 32);
+  }
+}
 
 // A layer whose router sends every token to expert `hot`: positive inputs, one gate row of ones.
 MoELayer all_to_one(const Case& c, int64_t hot, at::Tensor& x) {

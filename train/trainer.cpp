@@ -103,6 +103,7 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
   model_->init_weights(t.seed);  // on the CPU's generator: the same weights on every device
   model_->to(device_);
   model_->set_recompute(t.recompute);
+  model_->set_compute_dtype(t.dtype == TrainDtype::kBFloat16 ? at::kBFloat16 : at::kFloat);
   // Router jitter draws from the global generator: the same run gives the same draws, ranks differ.
   at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1));
   moe_layers_ = model_->moe_layers();
@@ -155,9 +156,9 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
     (p.is_expert() ? experts_local : total) += p.tensor.numel();
   }
   spdlog::info("model: {} layers ({} MoE), {:.2f}M parameters on this rank ({:.2f}M in {} local experts per MoE layer); "
-               "recompute {}",
+               "recompute {}, compute in {}",
                config_.model.num_layers, moe_layers_.size(), (total + experts_local) / 1e6, experts_local / 1e6,
-               dims_.num_local_experts, enum_name(t.recompute));
+               dims_.num_local_experts, enum_name(t.recompute), enum_name(t.dtype));
   spdlog::info("parallel: {} ranks, expert parallel {} x expert data parallel {}; batch {} sequences x {} tokens "
                "= {} micro-batch x {} accumulation x {} ranks",
                world.size(), dims_.ep_size, dims_.edp_size, t.global_batch_size, config_.data.seq_len,

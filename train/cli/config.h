@@ -32,6 +32,12 @@ inline const EnumNames<DeviceKind>& enum_names(DeviceKind) {
 
 // What a step whose loss or gradient norm is not finite (NaN, Inf) does: stop the run before anything
 // non-finite is saved, or skip its update (train.max_skipped_steps in all, then stop).
+// train.dtype: what the forward and backward compute in; parameters and optimizer state stay float32.
+enum class TrainDtype { kFloat32, kBFloat16 };
+inline const EnumNames<TrainDtype>& enum_names(TrainDtype) {
+  static const EnumNames<TrainDtype> names = {{"float32", TrainDtype::kFloat32}, {"bfloat16", TrainDtype::kBFloat16}};
+  return names;
+}
 enum class OnNonFinite { kStop, kSkip };
 inline const EnumNames<OnNonFinite>& enum_names(OnNonFinite) {
   static const EnumNames<OnNonFinite> names = {{"stop", OnNonFinite::kStop}, {"skip", OnNonFinite::kSkip}};
@@ -57,6 +63,7 @@ struct TrainOptions {
   double adam_eps = 1e-8;
   double grad_clip = 1.0;          // 0: no clipping
   Recompute recompute = Recompute::kNone;  // what backward recomputes instead of keeping
+  TrainDtype dtype = TrainDtype::kFloat32;
   OnNonFinite on_nonfinite = OnNonFinite::kStop;
   int64_t max_skipped_steps = 10;  // with on_nonfinite skip: the run stops at the next one
 };
@@ -113,6 +120,7 @@ void visit_job_options(C& c, Visitor& v) {  // C: Config, const or not
   v.real("train.adam_eps", t.adam_eps, 0, false, kInf);
   v.real("train.grad_clip", t.grad_clip, 0, true, kInf);
   v.choice("train.recompute", t.recompute);
+  v.choice("train.dtype", t.dtype);
   v.choice("train.on_nonfinite", t.on_nonfinite);
   v.integer("train.max_skipped_steps", t.max_skipped_steps, 0);
   v.integer("checkpoint.every", c.checkpoint.every, 0);
