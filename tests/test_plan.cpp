@@ -49,6 +49,17 @@ TEST(Plan, ActivationsByRecomputeByHand) {
   EXPECT_EQ(make_plan(small({"train.recompute=moe"}), 1).activation_bytes, bytes * (512 + 2 * (block - 384) + 384));
   // full: each block keeps its input; one whole block is rebuilt at a time.
   EXPECT_EQ(make_plan(small({"train.recompute=full"}), 1).activation_bytes, bytes * (512 + 2 * 64 + block));
+  // bfloat16: the blocks' floats take 2 bytes, the logits stay float32; weights gain their bf16 copies.
+  const Plan bf16 = make_plan(small({"train.dtype=bfloat16"}), 1);
+  EXPECT_EQ(bf16.activation_bytes, 2 * 32 * (4 * 512 + 2 * 2 * block));
+  EXPECT_EQ(bf16.param_bytes, 6 * bf16.params_per_rank);
+  EXPECT_EQ(bf16.grad_bytes, 4 * bf16.params_per_rank);
+  // The all-to-all carries bf16 rows: half the bytes.
+  const std::string tiny = std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml";
+  const Plan f32_ep2 = make_plan(load_config(tiny, {"parallel.expert_parallel_size=2"}, 2), 2);
+  const Plan bf16_ep2 = make_plan(load_config(tiny, {"parallel.expert_parallel_size=2", "train.dtype=bfloat16"}, 2), 2);
+  EXPECT_GT(f32_ep2.a2a_bytes_per_step, 0);
+  EXPECT_EQ(2 * bf16_ep2.a2a_bytes_per_step, f32_ep2.a2a_bytes_per_step);
 }
 
 TEST(Plan, AllToAllBytesByHand) {

@@ -65,14 +65,16 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
         break;
     }
   }
-  const N floats_per_token = 2 * V + kept + largest;  // the logits and their log-softmax, the blocks
-  p.param_bytes = 4 * p.params_per_rank;
+  // In bfloat16 the blocks' activations take 2 bytes, and each weight's bf16 copy, cast where it is
+  // used, is kept for backward beside its float32 master. The logits and their log-softmax stay float32.
+  const bool bf16 = c.train.dtype == TrainDtype::kBFloat16;
+  p.param_bytes = (bf16 ? 6 : 4) * p.params_per_rank;
   p.grad_bytes = 4 * p.params_per_rank;
   p.optimizer_bytes = 8 * p.params_per_rank;
-  p.activation_bytes = 4 * floats_per_token * T;
+  p.activation_bytes = (4 * 2 * V + (bf16 ? 2 : 4) * (kept + largest)) * T;
   const N accumulation = c.accumulation_steps(world_size);
-  // Each exchange sends T*K rows of D floats, of which (EP-1)/EP leave the rank; four exchanges a layer.
-  p.a2a_bytes_per_step = 4 * p.num_moe_layers * accumulation * (T * K * D * 4) * (EP - 1) / EP;
+  // Each exchange sends T*K rows of D activations, of which (EP-1)/EP leave the rank; four exchanges a layer.
+  p.a2a_bytes_per_step = 4 * p.num_moe_layers * accumulation * (T * K * D * (bf16 ? 2 : 4)) * (EP - 1) / EP;
   return p;
 }
 
@@ -141,13 +143,14 @@ std::string describe(const Plan& p, const Config& c, int world_size, int64_t gpu
   out += "parameters: " + count(p.total_params) + " total, " + count(p.active_params) + " active per token, " +
          count(p.params_per_rank) + " per rank; " + std::to_string(p.num_moe_layers) + " of " +
          std::to_string(c.model.num_layers) + " layers MoE\n";
-  out += "memory per rank (float32 weights, AdamW):\n";
+  out += c.train.dtype == TrainDtype::kBFloat16 ? "memory per rank (float32 masters and their bfloat16 copies, AdamW):\n"
+                                                : "memory per rank (float32 weights, AdamW):\n";
   out += "  parameters   " + gib(p.param_bytes) + "\n";
   out += "  gradients    " + gib(p.grad_bytes) + "\n";
   out += "  optimizer    " + gib(p.optimizer_bytes) + "\n";
   out += "  activations  " + gib(p.activation_bytes) + "  (one micro-batch of " +
          std::to_string(c.train.micro_batch_size) + " x " + std::to_string(c.data.seq_len) + " tokens, recompute " +
-         enum_name(c.train.recompute) + ", estimate)\n";
+         enum_name(c.train.recompute) + ", " + enum_name(c.train.dtype) + ", estimate)\n";
   out += "  total        " + gib(p.total_bytes()) + "\n";
   out += "all-to-all: " + gib(p.a2a_bytes_per_step) + " sent per rank per step\n";
   if (gpu_memory > 0) {

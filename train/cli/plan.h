@@ -16,8 +16,9 @@ struct PlanOf {
   N total_params = 0;   // every parameter once (all experts)
   N active_params = 0;  // what one token runs through: top_k routed experts (plus shared ones)
   N params_per_rank = 0;
-  // Bytes per rank: float32 weights and gradients, AdamW's two float32 moments, and the activations
-  // one micro-batch keeps for backward (an estimate, see docs/performance.md).
+  // Bytes per rank: float32 weights (and in bfloat16 their bf16 copies) and gradients, AdamW's two
+  // float32 moments, and the activations one micro-batch keeps for backward (an estimate, see
+  // docs/performance.md), by train.dtype and train.recompute.
   N param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
   // Bytes each rank sends through all-to-all per optimizer step: dispatch and combine, forward and
   // backward, every MoE layer and micro-batch, with tokens spread evenly over the experts.
