@@ -121,4 +121,15 @@ else
   tail -5 "$LOG/bench.log"
   record bench_float32_ratio_ge_0.6 FAIL "(log: $LOG/bench.log)"
 fi
+# The same layer in bfloat16 (train.dtype): issue 14's goal is half the bf16 GEMM rate.
+if build/bench_moe_layer --device cuda --dtype bfloat16 --tokens 8192 --hidden 4096 --ffn 14336 --experts 8 --top-k 2 \
+    --capacity-factor null --steps 10 --warmup 3 > "$LOG/bench-bf16.log" 2>&1; then
+  grep -E "^(moe layer|rate|median|  )" "$LOG/bench-bf16.log"
+  ratio=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ratio_to_gemm"])' "$(tail -1 "$LOG/bench-bf16.log")")
+  goal=$(python3 -c "print('pass' if $ratio >= 0.5 else 'FAIL')")
+  record bench_bfloat16_ratio_ge_0.5 "$goal" "(layer / bf16 GEMM rate $ratio)"
+else
+  tail -5 "$LOG/bench-bf16.log"
+  record bench_bfloat16_ratio_ge_0.5 FAIL "(log: $LOG/bench-bf16.log)"
+fi
 finish

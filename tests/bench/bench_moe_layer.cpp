@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
   std::string capacity = "1.25", expert_type = "swiglu";
   int steps = 20, warmup = 3;
   std::string device = "cpu";
+  std::string dtype = "float32";
   app.add_option("--tokens", tokens, "tokens per rank");
   app.add_option("--hidden", hidden, "hidden size");
   app.add_option("--ffn", ffn, "expert FFN hidden size");
@@ -83,6 +84,8 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "timed steps (median reported)")->check(CLI::Range(1, 100000));
   app.add_option("--warmup", warmup, "untimed steps first");
   app.add_option("--device", device, "cpu | cuda (GPU local rank % count)")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", dtype, "float32 | bfloat16: what the layer computes in (train.dtype); weights stay float32")
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -96,7 +99,8 @@ int main(int argc, char** argv) {
       MOE_CHECK(at::hasCUDA() && torch::cuda::device_count() > 0, "--device cuda: no GPU visible to libtorch");
       g_device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(world.local_rank() % torch::cuda::device_count()));
     }
-    const auto on_device = at::TensorOptions().device(g_device);
+    const at::ScalarType compute = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+    const auto on_device = at::TensorOptions().device(g_device).dtype(compute);
     const moe::ParallelDims dims(R, me, R, experts);
     moe::ProcessGroups groups = moe::make_process_groups(world, dims);
 
@@ -113,8 +117,8 @@ int main(int argc, char** argv) {
     moe::MoELayer layer(o, moe::ExpertParallel{dims, groups.ep.get(), &world});
     layer->to(g_device);
     at::manual_seed(100 + me);
-    const at::Tensor x0 = at::randn({tokens, hidden}).to(g_device);
-    const at::Tensor g = at::randn({tokens, hidden}).to(g_device);
+    const at::Tensor x0 = at::randn({tokens, hidden}).to(g_device, compute);
+    const at::Tensor g = at::randn({tokens, hidden}).to(g_device, compute);
 
     // The layer: forward and backward, with the breakdown of the forward.
     std::vector<moe::PhaseTimes> phases;
@@ -179,9 +183,10 @@ int main(int argc, char** argv) {
       b.dw2 = at::empty({ffn, hidden}, on_device);
       bufs.push_back(b);
     }
-    const at::Tensor& w1 = layer->experts->w1;
-    const at::Tensor& w2 = layer->experts->w2;
-    const at::Tensor w3 = swiglu ? layer->experts->w3 : at::Tensor();
+    // The floor's weights in the compute dtype, cast once outside the timing.
+    const at::Tensor w1 = layer->experts->w1.detach().to(compute);
+    const at::Tensor w2 = layer->experts->w2.detach().to(compute);
+    const at::Tensor w3 = swiglu ? layer->experts->w3.detach().to(compute) : at::Tensor();
     const double compute_floor = time_steps(world, warmup, steps, [&] {
       at::NoGradGuard no_grad;
       for (int64_t j = 0; j < El; ++j) {
@@ -221,13 +226,15 @@ int main(int argc, char** argv) {
       send_total += sc[r];
       recv_total += rc[r];
     }
-    at::Tensor sbuf = at::randn({send_total}), rbuf = at::randn({recv_total});
+    // The rows in the compute dtype's bytes: bf16 rows as pairs of bytes.
+    const MPI_Datatype element = compute == at::kBFloat16 ? MPI_UINT16_T : MPI_FLOAT;
+    at::Tensor sbuf = at::randn({send_total}).to(compute), rbuf = at::randn({recv_total}).to(compute);
     const double comm_floor = time_steps(world, warmup, steps, [&] {
       for (int rep = 0; rep < 2; ++rep) {  // forward, then backward
-        MOE_MPI_CHECK(MPI_Alltoallv(sbuf.data_ptr(), sc.data(), sd.data(), MPI_FLOAT, rbuf.data_ptr(), rc.data(),
-                                    rd.data(), MPI_FLOAT, world.comm()));
-        MOE_MPI_CHECK(MPI_Alltoallv(rbuf.data_ptr(), rc.data(), rd.data(), MPI_FLOAT, sbuf.data_ptr(), sc.data(),
-                                    sd.data(), MPI_FLOAT, world.comm()));
+        MOE_MPI_CHECK(MPI_Alltoallv(sbuf.data_ptr(), sc.data(), sd.data(), element, rbuf.data_ptr(), rc.data(),
+                                    rd.data(), element, world.comm()));
+        MOE_MPI_CHECK(MPI_Alltoallv(rbuf.data_ptr(), rc.data(), rd.data(), element, sbuf.data_ptr(), sc.data(),
+                                    sd.data(), element, world.comm()));
       }
     });
 
@@ -248,9 +255,9 @@ int main(int argc, char** argv) {
 
     if (me == 0) {
       std::printf("moe layer: %d ranks (EP %d), %lld tokens/rank, hidden %lld, ffn %lld, %lld experts, top-%lld, "
-                  "capacity factor %s, %s\n",
+                  "capacity factor %s, %s, %s\n",
                   R, R, (long long)tokens, (long long)hidden, (long long)ffn, (long long)experts, (long long)top_k,
-                  capacity.c_str(), expert_type.c_str());
+                  capacity.c_str(), expert_type.c_str(), dtype.c_str());
       std::printf("routing (last step, all ranks): tokens per expert [");
       for (int64_t e = 0; e < experts; ++e) std::printf("%s%lld", e ? " " : "", (long long)all_counts[e].item<int64_t>());
       std::printf("], dropped %.2f%% of %lld assignments, aux loss %.4f\n",
@@ -267,7 +274,7 @@ int main(int argc, char** argv) {
                   g_device.str().c_str(), layer_tflops, (long long)tokens, (long long)hidden, (long long)ffn,
                   gemm_tflops, gemm_ms, layer_tflops / gemm_tflops);
       nlohmann::json j = {{"device", g_device.str()},
-                          {"dtype", "float32"},
+                          {"dtype", dtype},
                           {"layer_ms", step_ms},
                           {"compute_floor_ms", compute_floor},
                           {"comm_floor_ms", comm_floor},
