@@ -21,23 +21,24 @@ std::string host_name() {
 }  // namespace
 
 void check_shared_directory(Communicator& comm, const std::string& dir) {
-  // A name no earlier run or other job can have left: a random token drawn by rank 0.
-  at::Tensor token = at::zeros({2}, at::kLong);
+  // One broadcast from rank 0: a random token (a name no earlier run or other job can have left) and
+  // rank 0's host, for the message.
+  at::Tensor from0 = at::zeros({16 + 64}, at::kByte);
+  auto* bytes = from0.data_ptr<uint8_t>();
   if (comm.rank() == 0) {
     std::random_device random;
-    for (int i = 0; i < 2; ++i) token[i] = static_cast<int64_t>(random()) << 31 ^ static_cast<int64_t>(random());
-  }
-  comm.broadcast(token, 0);
-  at::Tensor host0 = at::zeros({64}, at::kByte);  // rank 0's host, for the message
-  if (comm.rank() == 0) {
+    for (int i = 0; i < 16; ++i) bytes[i] = static_cast<uint8_t>(random());
     const std::string h = host_name().substr(0, 63);
-    std::copy(h.begin(), h.end(), host0.data_ptr<uint8_t>());
+    std::copy(h.begin(), h.end(), bytes + 16);
   }
-  comm.broadcast(host0, 0);
-  const std::string writer(reinterpret_cast<const char*>(host0.data_ptr<uint8_t>()));
-  char name[64];
-  std::snprintf(name, sizeof name, ".moe-shared-check-%llx%llx", static_cast<unsigned long long>(token[0].item<int64_t>()),
-                static_cast<unsigned long long>(token[1].item<int64_t>()));
+  comm.broadcast(from0, 0);
+  const std::string writer(reinterpret_cast<const char*>(bytes + 16));
+  std::string name = ".moe-shared-check-";
+  for (int i = 0; i < 16; ++i) {
+    char hex[3];
+    std::snprintf(hex, sizeof hex, "%02x", bytes[i]);
+    name += hex;
+  }
   const std::string path = dir + "/" + name;
   const auto remove_token = [&] {
     std::error_code ec;

@@ -78,11 +78,11 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
     MOE_INPUT_CHECK(ec || entries == std::filesystem::directory_iterator(), "train.out_dir ", t.out_dir,
                     " is not empty (it holds ", entries->path().filename().string(),
                     "); a new run starts in a new or empty directory (--set train.out_dir=...)");
-    made_out_dir = make_out_dir(t.out_dir);
   });
-  // A run resumed into a new directory makes it here; a refused check below leaves nothing behind.
+  // Only once every rank accepted its inputs (a resume may start a new directory too); a refused check
+  // below removes what this made.
   all_ranks_succeed(control_, [&] {
-    if (world.rank() == 0 && !resume.empty()) made_out_dir = make_out_dir(t.out_dir);
+    if (world.rank() == 0) made_out_dir = make_out_dir(t.out_dir);
   });
   if (control_.size() > 1) {
     try {
