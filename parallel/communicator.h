@@ -32,6 +32,12 @@ class Communicator {
   virtual void all_reduce(at::Tensor& tensor, ReduceOp op) = 0;
   // Every rank's tensor (all the same shape), stacked along a new leading dimension: [size, ...].
   virtual at::Tensor all_gather(const at::Tensor& tensor) = 0;
+  // `buffer` holds size() equal chunks in rank order; each rank's chunk rank() reaches every rank, in
+  // place (ZeRO's parameter gather).
+  virtual void all_gather_in_place(at::Tensor& buffer) = 0;
+  // `input` holds size() equal chunks in rank order; `output` (one chunk's elements, same dtype) gets
+  // chunk rank() reduced elementwise over the ranks (ZeRO's gradient reduction). Both contiguous.
+  virtual void reduce_scatter(const at::Tensor& input, at::Tensor& output, ReduceOp op) = 0;
   // Sends rows [offset_r, offset_r + send_rows[r]) of `input` (rows along dim 0, in rank order) to rank r
   // and writes the recv_rows[r] rows from rank r, in rank order, into `output`. Both contiguous, same
   // dtype and row shape; output already sized to the sum of recv_rows. Zero-row splits are fine.

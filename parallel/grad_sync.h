@@ -1,6 +1,7 @@
 #pragma once
 // GradSync: gradient synchronisation after backward, bucketed (gradients flattened into a few large
-// buffers, one all-reduce per bucket) as DDP does.
+// buffers, one all-reduce per bucket) as DDP does. The buckets take turns in one buffer, the largest
+// bucket's size, so synchronising costs no second copy of the gradients.
 //
 // With the loss of each rank being the mean over its own micro-batch, the gradient of the global-batch
 // loss (the mean over all W ranks' losses) is:
@@ -19,6 +20,13 @@
 
 namespace moe {
 
+// `params` in order, in buckets of one dtype and at most `bucket_bytes` each (a larger tensor alone).
+std::vector<std::vector<at::Tensor>> make_buckets(const std::vector<at::Tensor>& params, int64_t bucket_bytes);
+// The parameters' gradients one after another at the start of `flat` (zeros for a parameter without one).
+void flatten_grads(const std::vector<at::Tensor>& params, at::Tensor& flat);
+// A view of `buffer` (bytes, grown when short) as `numel` elements of `dtype`.
+at::Tensor view_of(at::Tensor& buffer, int64_t numel, at::ScalarType dtype);
+
 class GradSync {
  public:
   // Replicated parameters reduce over `world`, expert shards over `edp_group` (null: no EDP replicas).
@@ -32,12 +40,13 @@ class GradSync {
  private:
   struct Bucket {
     std::vector<at::Tensor> params;
-    at::Tensor flat;
+    int64_t numel;
     Communicator* comm;
   };
   void add_buckets(const std::vector<at::Tensor>& params, Communicator* comm, int64_t bucket_bytes);
 
   std::vector<Bucket> buckets_;
+  at::Tensor buffer_;  // bytes: every bucket's flat gradients in turn
   double scale_;
 };
 

@@ -34,7 +34,7 @@ MPI_Datatype reduce_type(at::ScalarType t) {
     case at::kByte: return MPI_UINT8_T;
     default: break;
   }
-  throw Error(detail::concat("mpi: all_reduce does not support dtype ", t,
+  throw Error(detail::concat("mpi: reductions do not support dtype ", t,
                              " (float32, float64, int64, int32, uint8 are supported)"));
 }
 
@@ -160,6 +160,43 @@ at::Tensor MpiCommunicator::all_gather(const at::Tensor& tensor) {
   MOE_MPI_CHECK(MPI_Allgather(tensor.data_ptr(), static_cast<int>(bytes), MPI_BYTE, out.data_ptr(),
                               static_cast<int>(bytes), MPI_BYTE, comm_));
   return out;
+}
+
+void MpiCommunicator::all_gather_in_place(at::Tensor& buffer) {
+  watchdog::Collective watched("all_gather", &name_);
+  if (buffer.is_cuda()) {
+    at::Tensor host = host_copy(0, buffer);
+    all_gather_in_place(host);
+    buffer.copy_(host);
+    return;
+  }
+  check_cpu_contiguous(buffer, "all_gather", "buffer");
+  MOE_CHECK(buffer.numel() % size_ == 0, "mpi: all_gather of ", buffer.numel(), " elements in ", size_,
+            " equal chunks");
+  const int64_t bytes = buffer.numel() / size_ * static_cast<int64_t>(buffer.element_size());
+  MOE_CHECK(bytes <= kMaxCount, "mpi: all_gather of ", bytes, " bytes per rank exceeds MPI's int count");
+  MOE_MPI_CHECK(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buffer.data_ptr(), static_cast<int>(bytes),
+                              MPI_BYTE, comm_));
+}
+
+void MpiCommunicator::reduce_scatter(const at::Tensor& input, at::Tensor& output, ReduceOp op) {
+  watchdog::Collective watched("reduce_scatter", &name_);
+  if (input.is_cuda() || output.is_cuda()) {
+    at::Tensor host_out = staging(1, output);
+    reduce_scatter(host_copy(0, input), host_out, op);
+    output.copy_(host_out);
+    return;
+  }
+  check_cpu_contiguous(input, "reduce_scatter", "input");
+  check_cpu_contiguous(output, "reduce_scatter", "output");
+  MOE_CHECK(input.scalar_type() == output.scalar_type() && input.numel() == output.numel() * size_,
+            "mpi: reduce_scatter of ", input.numel(), " ", input.scalar_type(), " elements into ", output.numel(),
+            " ", output.scalar_type(), " per rank over ", size_, " ranks");
+  MOE_CHECK(output.numel() <= kMaxCount, "mpi: reduce_scatter of ", output.numel(),
+            " elements per rank exceeds MPI's int count");
+  MOE_MPI_CHECK(MPI_Reduce_scatter_block(input.data_ptr(), output.data_ptr(), static_cast<int>(output.numel()),
+                                         reduce_type(input.scalar_type()), op == ReduceOp::kSum ? MPI_SUM : MPI_MAX,
+                                         comm_));
 }
 
 void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows,

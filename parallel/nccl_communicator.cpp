@@ -248,6 +248,32 @@ at::Tensor NcclCommunicator::all_gather(const at::Tensor& tensor) {
   return tensor.is_cuda() ? out : out.to(tensor.device());
 }
 
+void NcclCommunicator::all_gather_in_place(at::Tensor& buffer) {
+  State& s = *state_;
+  MOE_CHECK(buffer.numel() % size() == 0, "nccl: all_gather of ", buffer.numel(), " elements in ", size(),
+            " equal chunks");
+  at::Tensor d = s.on_device(buffer);
+  const int64_t chunk = d.numel() / size() * d.element_size();
+  auto* bytes = static_cast<char*>(d.data_ptr());
+  s.check(ncclAllGather(bytes + rank() * chunk, bytes, chunk, ncclUint8, s.comm, s.stream), "all_gather");
+  s.watch("all_gather");
+  if (!d.is_same(buffer)) buffer.copy_(d);
+}
+
+void NcclCommunicator::reduce_scatter(const at::Tensor& input, at::Tensor& output, ReduceOp op) {
+  State& s = *state_;
+  MOE_CHECK(input.scalar_type() == output.scalar_type() && input.numel() == output.numel() * size(),
+            "nccl: reduce_scatter of ", input.numel(), " ", input.scalar_type(), " elements into ", output.numel(),
+            " ", output.scalar_type(), " per rank over ", size(), " ranks");
+  const at::Tensor in = s.on_device(input);
+  at::Tensor out = output.is_cuda() && output.is_contiguous() ? output : s.on_device(output);
+  s.check(ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(), nccl_type(in.scalar_type()),
+                            op == ReduceOp::kSum ? ncclSum : ncclMax, s.comm, s.stream),
+          "reduce_scatter");
+  s.watch("reduce_scatter");
+  if (!out.is_same(output)) output.copy_(out);
+}
+
 void NcclCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows,
                                     at::Tensor& output, const std::vector<int64_t>& recv_rows) {
   State& s = *state_;

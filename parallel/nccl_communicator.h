@@ -33,6 +33,8 @@ class NcclCommunicator : public Communicator {
   void broadcast(at::Tensor& tensor, int root) override;
   void all_reduce(at::Tensor& tensor, ReduceOp op) override;
   at::Tensor all_gather(const at::Tensor& tensor) override;
+  void all_gather_in_place(at::Tensor& buffer) override;
+  void reduce_scatter(const at::Tensor& input, at::Tensor& output, ReduceOp op) override;
   void all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows, at::Tensor& output,
                     const std::vector<int64_t>& recv_rows) override;
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name = "") override;

@@ -59,6 +59,27 @@ TEST(MpiCommunicator, AllGather) {
   for (int r = 0; r < R; ++r) EXPECT_TRUE(at::equal(all[r], at::arange(3, at::kLong).add(10 * r).view({3, 1})));
 }
 
+TEST(MpiCommunicator, AllGatherInPlace) {
+  const int R = world().size(), me = world().rank();
+  at::Tensor buffer = at::full({R * 3}, -1.0f);
+  buffer.narrow(0, me * 3, 3).copy_(at::arange(3, at::kFloat).add(10 * me));
+  world().all_gather_in_place(buffer);
+  for (int r = 0; r < R; ++r) EXPECT_TRUE(at::equal(buffer.narrow(0, r * 3, 3), at::arange(3, at::kFloat).add(10 * r)));
+}
+
+TEST(MpiCommunicator, ReduceScatterSumsEachChunkOverTheRanks) {
+  const int R = world().size(), me = world().rank();
+  // Rank r's element i: 100 * r + i; chunk c of the sum over ranks is 100 * R(R-1)/2 + R * i at i in c.
+  const at::Tensor input = at::arange(R * 2, at::kDouble).add(100.0 * me);
+  at::Tensor output = at::empty({2}, at::kDouble);
+  world().reduce_scatter(input, output, ReduceOp::kSum);
+  for (int64_t j = 0; j < 2; ++j) {
+    EXPECT_EQ(output[j].item<double>(), 100.0 * R * (R - 1) / 2 + R * static_cast<double>(me * 2 + j));
+  }
+  at::Tensor wrong = at::empty({3}, at::kDouble);
+  EXPECT_THROW(world().reduce_scatter(input, wrong, ReduceOp::kSum), Error) << "sizes that do not divide";
+}
+
 // Rows rank s sends to rank d: uneven, and zero for some pairs (and for every pair on one rank).
 int64_t rows(int s, int d) { return (s + 2 * d) % 3; }
 double value(int s, int d, int64_t row, int64_t col) { return s * 1000 + d * 100 + row * 10 + col; }

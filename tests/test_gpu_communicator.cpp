@@ -59,6 +59,14 @@ void exercise(Communicator& comm, at::Device device) {
   ASSERT_EQ(gathered.size(0), R);
   for (int r = 0; r < R; ++r) EXPECT_EQ(gathered[r][1].item<float>(), r);
 
+  at::Tensor chunks = at::full({R * 2}, -1.0f, opts);
+  chunks.narrow(0, me * 2, 2).fill_(static_cast<float>(me));
+  comm.all_gather_in_place(chunks);
+  for (int r = 0; r < R; ++r) EXPECT_EQ(chunks.cpu()[r * 2 + 1].item<float>(), r) << "all_gather_in_place";
+  at::Tensor mine = at::empty({2}, opts);
+  comm.reduce_scatter(at::arange(R * 2, opts).add(me), mine, ReduceOp::kSum);
+  EXPECT_EQ(mine.cpu()[1].item<float>(), R * (me * 2 + 1) + R * (R - 1) / 2.0f) << "reduce_scatter";
+
   at::Tensor b = at::full({4}, me == R - 1 ? 7.0f : 0.0f, opts);
   comm.broadcast(b, R - 1);
   EXPECT_EQ(b.cpu()[3].item<float>(), 7.0f);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "train/distributed_optimizer.h"
 
 namespace moe {
 
@@ -18,18 +19,55 @@ AdamW::AdamW(const ParameterList& params, const AdamWOptions& options) : options
 void AdamW::step(double lr) {
   at::NoGradGuard no_grad;
   ++step_;
-  const double bias1 = 1.0 - std::pow(options_.beta1, static_cast<double>(step_));
-  const double bias2 = 1.0 - std::pow(options_.beta2, static_cast<double>(step_));
   for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i];
-    const at::Tensor& g = p.grad();
-    MOE_CHECK(g.defined(), "adamw: parameter ", i, " has no gradient");
-    if (decay_[i] && options_.weight_decay > 0) p.mul_(1.0 - lr * options_.weight_decay);
-    exp_avg_[i].lerp_(g, 1.0 - options_.beta1);
-    exp_avg_sq_[i].mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
-    const at::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(bias2)).add_(options_.eps);
-    p.addcdiv_(exp_avg_[i], denom, -lr / bias1);
+    MOE_CHECK(params_[i].grad().defined(), "adamw: parameter ", i, " has no gradient");
+    adamw_update(params_[i], params_[i].grad(), exp_avg_[i], exp_avg_sq_[i], decay_[i], lr, step_, options_);
   }
+}
+
+void adamw_update(at::Tensor p, const at::Tensor& g, at::Tensor exp_avg, at::Tensor exp_avg_sq, bool decay,
+                  double lr, int64_t step, const AdamWOptions& options) {
+  const double bias1 = 1.0 - std::pow(options.beta1, static_cast<double>(step));
+  const double bias2 = 1.0 - std::pow(options.beta2, static_cast<double>(step));
+  if (decay && options.weight_decay > 0) p.mul_(1.0 - lr * options.weight_decay);
+  exp_avg.lerp_(g, 1.0 - options.beta1);
+  exp_avg_sq.mul_(options.beta2).addcmul_(g, g, 1.0 - options.beta2);
+  const at::Tensor denom = (exp_avg_sq.sqrt() / std::sqrt(bias2)).add_(options.eps);
+  p.addcdiv_(exp_avg, denom, -lr / bias1);
+}
+
+namespace {
+
+// Every rank's state whole: gradients all-reduced by GradSync, then AdamW on every rank alike.
+class ReplicatedOptimizer : public Optimizer {
+ public:
+  ReplicatedOptimizer(const ParameterList& params, Communicator& world, Communicator* ep_group,
+                      Communicator* edp_group, const AdamWOptions& options)
+      : params_(params), ep_group_(ep_group), sync_(params, world, edp_group), adamw_(params, options) {}
+  at::Tensor reduce_gradients() override {
+    sync_.sync();
+    return grad_square_sums(params_, ep_group_);
+  }
+  void clip(const at::Tensor& norm, double max_norm) override { clip_grads(params_, norm, max_norm); }
+  void step(double lr) override { adamw_.step(lr); }
+  int64_t steps() const override { return adamw_.steps(); }
+  void set_steps(int64_t steps) override { adamw_.set_steps(steps); }
+  OptimizerState gather_state() override { return adamw_.state(); }
+  void scatter_state(const OptimizerState&) override {}  // gather_state's tensors are the live ones
+
+ private:
+  ParameterList params_;
+  Communicator* ep_group_;
+  GradSync sync_;
+  AdamW adamw_;
+};
+
+}  // namespace
+
+std::unique_ptr<Optimizer> make_optimizer(const ParameterList& params, Communicator& world, Communicator* ep_group,
+                                          Communicator* edp_group, const AdamWOptions& options, bool shard) {
+  if (shard) return std::make_unique<DistributedOptimizer>(params, world, edp_group, options);
+  return std::make_unique<ReplicatedOptimizer>(params, world, ep_group, edp_group, options);
 }
 
 double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, double lr, double min_lr) {
@@ -69,6 +107,14 @@ at::Tensor global_grad_norm(const ParameterList& params, Communicator* ep_group)
 }
 
 void clip_grads(const ParameterList& params, const at::Tensor& norm, double max_norm) {
+  std::vector<at::Tensor> grads;
+  for (const ParameterRecord& p : params) {
+    if (p.tensor.grad().defined()) grads.push_back(p.tensor.grad());
+  }
+  clip_tensors(grads, norm, max_norm);
+}
+
+void clip_tensors(const std::vector<at::Tensor>& grads, const at::Tensor& norm, double max_norm) {
   if (max_norm <= 0) return;
   // On the CPU the norm is at hand: no pass over the gradients when nothing is clipped. On a GPU reading
   // it would wait for the step's queued work, so the scale (1 when unclipped) is applied regardless.
@@ -76,9 +122,7 @@ void clip_grads(const ParameterList& params, const at::Tensor& norm, double max_
   at::NoGradGuard no_grad;
   // min(1, max_norm / (norm + 1e-6)), but exactly 1 unless norm > max_norm (NaN compares false).
   const at::Tensor scale = at::where(norm > max_norm, max_norm / (norm + 1e-6), at::ones_like(norm));
-  for (const ParameterRecord& p : params) {
-    if (p.tensor.grad().defined()) p.tensor.grad().mul_(scale);
-  }
+  for (const at::Tensor& g : grads) g.mul_(scale);
 }
 
 }  // namespace moe

@@ -3,9 +3,11 @@
 // global gradient norm.
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/grad_sync.h"
 #include "parallel/parameter.h"
 #include "train/checkpoint/checkpoint_state.h"
 
@@ -36,6 +38,38 @@ class AdamW {
   int64_t step_ = 0;
 };
 
+// One AdamW update of `param` in place from its gradient and moments (all float32, same shape): the
+// arithmetic AdamW::step and the sharded optimizer share, so both give the same bits. `step` counts from 1.
+void adamw_update(at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg, at::Tensor exp_avg_sq, bool decay,
+                  double lr, int64_t step, const AdamWOptions& options);
+
+// What the trainer's step asks of its optimizer after backward, whether the state is whole on every rank
+// (make_optimizer with shard false: GradSync, then AdamW) or split over the data-parallel ranks
+// (DistributedOptimizer, ZeRO-1). Every call but steps() and set_steps() is collective.
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  // Reduces the gradients of the global batch over the data-parallel ranks and returns their squared
+  // norms, float64 [replicated, expert], the same on every rank, on the parameters' device (no host sync).
+  virtual at::Tensor reduce_gradients() = 0;
+  // Scales the reduced gradients by max_norm / norm when norm exceeds max_norm (0: never), as clip_grads.
+  virtual void clip(const at::Tensor& norm, double max_norm) = 0;
+  // Applies the update with learning rate `lr` to every rank's parameters.
+  virtual void step(double lr) = 0;
+  virtual int64_t steps() const = 0;
+  virtual void set_steps(int64_t steps) = 0;  // when resuming
+  // The moments, "exp_avg" and "exp_avg_sq", whole: one tensor per parameter record, as a checkpoint
+  // holds them whatever the sharding. Unsharded, the live tensors; sharded, copies (on the CPU).
+  virtual OptimizerState gather_state() = 0;
+  // After a checkpoint was loaded into gather_state()'s tensors: takes them in (local).
+  virtual void scatter_state(const OptimizerState& state) = 0;
+};
+
+// `shard` false: GradSync over `world` and `edp_group` and AdamW on every rank's whole state; true: the
+// DistributedOptimizer. `ep_group` (null: EP 1) sums the expert part of the norm.
+std::unique_ptr<Optimizer> make_optimizer(const ParameterList& params, Communicator& world, Communicator* ep_group,
+                                          Communicator* edp_group, const AdamWOptions& options, bool shard);
+
 // Linear warm-up from lr / warmup to lr over steps 1..warmup, then cosine decay to min_lr at the last
 // step. `step` counts from 1.
 double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, double lr, double min_lr);
@@ -52,5 +86,7 @@ at::Tensor grad_square_sums(const ParameterList& params, Communicator* ep_group)
 // Scales every gradient by max_norm / norm when norm exceeds max_norm (max_norm 0: never). `norm` is
 // global_grad_norm's scalar; the decision is taken on the device, so it costs no host sync.
 void clip_grads(const ParameterList& params, const at::Tensor& norm, double max_norm);
+// The same for any set of gradient tensors (the sharded optimizer's shards).
+void clip_tensors(const std::vector<at::Tensor>& grads, const at::Tensor& norm, double max_norm);
 
 }  // namespace moe

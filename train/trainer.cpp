@@ -107,18 +107,19 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
   // Router jitter draws from the global generator: the same run gives the same draws, ranks differ.
   at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1));
   moe_layers_ = model_->moe_layers();
-  grad_sync_ = std::make_unique<GradSync>(model_->parameter_records(), world_, groups_.edp.get());
   AdamWOptions ao;
   ao.beta1 = t.beta1;
   ao.beta2 = t.beta2;
   ao.eps = t.adam_eps;
   ao.weight_decay = t.weight_decay;
-  optimizer_ = std::make_unique<AdamW>(model_->parameter_records(), ao);
+  optimizer_ = make_optimizer(model_->parameter_records(), world_, groups_.ep.get(), groups_.edp.get(), ao,
+                              t.shard_optimizer);
 
   if (!resume.empty()) {
+    OptimizerState moments = optimizer_->gather_state();  // collective: outside the agreement below
     all_ranks_succeed(control_, [&] {
       const std::string dir = resolve_checkpoint(t.out_dir + "/checkpoints", resume);
-      CheckpointState state = checkpoint_state();
+      CheckpointState state = checkpoint_state(moments);
       const bool same_world = load_checkpoint(dir, state, dims_);
       start_step_ = state.step;
       elapsed_ = state.train_seconds;
@@ -139,6 +140,7 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
       last_saved_ = start_step_;
       spdlog::info("resumed from {} at step {}", dir, start_step_);
     });
+    optimizer_->scatter_state(moments);
     // Only once every rank has loaded the checkpoint: a resume refused on any rank leaves the log whole.
     all_ranks_succeed(control_, [&] {
       if (world.rank() != 0) return;
@@ -163,6 +165,10 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
                "= {} micro-batch x {} accumulation x {} ranks",
                world.size(), dims_.ep_size, dims_.edp_size, t.global_batch_size, config_.data.seq_len,
                t.micro_batch_size, accumulation_, world.size());
+  if (t.shard_optimizer) {
+    spdlog::info("optimizer: AdamW, its state sharded (ZeRO-1): the dense parameters' over {} ranks, the experts' over "
+                 "{}", world.size(), dims_.edp_size);
+  }
   spdlog::info("data: {} ({} tokens), validation {} ({} tokens)", train_data_->path(), train_data_->size(),
                val_data_->path(), val_data_->size());
 }
@@ -210,8 +216,7 @@ double Trainer::train() {
   return val_loss;
 }
 
-CheckpointState Trainer::checkpoint_state() {
-  const OptimizerState moments = optimizer_->state();
+CheckpointState Trainer::checkpoint_state(const OptimizerState& moments) {
   CheckpointState state = make_checkpoint_state(model_, &moments);
   state.optimizer_steps = optimizer_->steps();
   state.rng_state = at::detail::getDefaultCPUGenerator().get_state();
@@ -220,7 +225,7 @@ CheckpointState Trainer::checkpoint_state() {
 
 void Trainer::save(int64_t step) {
   watchdog::Slow saving;  // the ranks wait on each other's file writes
-  CheckpointState state = checkpoint_state();
+  CheckpointState state = checkpoint_state(optimizer_->gather_state());
   state.step = step;
   state.train_seconds = elapsed_;
   save_checkpoint(config_.train.out_dir + "/checkpoints", state, to_yaml(config_), control_, dims_,
@@ -253,10 +258,8 @@ StepStats Trainer::train_step(int64_t step) {
     stats.add(lm_loss, out.routings);
   }
 
-  grad_sync_->sync();
-  // The same on every rank (replicated gradients are synchronised, expert ones summed over EP), so every
-  // rank takes the same decisions from it without another collective.
-  const at::Tensor squares = grad_square_sums(params, groups_.ep.get());
+  // The same on every rank, so every rank takes the same decisions from it without another collective.
+  const at::Tensor squares = optimizer_->reduce_gradients();
   const at::Tensor grad_norm = squares.sum().sqrt();
   stats.lr = learning_rate(step, t.steps, t.warmup_steps, t.lr, t.min_lr);
   if (t.on_nonfinite == OnNonFinite::kSkip) {
@@ -265,7 +268,7 @@ StepStats Trainer::train_step(int64_t step) {
     stats.skipped = !std::isfinite(host[0].item<double>() + host[1].item<double>());
   }
   if (!stats.skipped) {
-    clip_grads(params, grad_norm, t.grad_clip);
+    optimizer_->clip(grad_norm, t.grad_clip);
     optimizer_->step(stats.lr);
   }
   stats.reduce(world_, squares);

@@ -2,8 +2,8 @@
 // Trainer: the step loop, read top-down. One instance per rank; every public call is collective.
 //
 // A step: for each of the accumulation micro-batches, forward, loss = (LM loss + router losses) /
-// accumulation, backward; then synchronise gradients (GradSync), clip by the global norm, AdamW with
-// the scheduled learning rate, move the routers' expert bias (aux-loss-free balancing) by the loads of
+// accumulation, backward; then reduce the gradients over the data-parallel ranks, clip by the global
+// norm, AdamW with the scheduled learning rate (Optimizer: whole on every rank, or sharded), move the routers' expert bias (aux-loss-free balancing) by the loads of
 // the whole global batch. The step's statistics stay on the device; they are read and reported once per
 // log interval (flush), the run's one metrics sync with the host.
 #include <memory>
@@ -12,7 +12,6 @@
 
 #include "core/transformer.h"
 #include "parallel/communicator.h"
-#include "parallel/grad_sync.h"
 #include "parallel/parallel_dims.h"
 #include "train/checkpoint/checkpoint.h"
 #include "train/cli/config.h"
@@ -44,8 +43,8 @@ class Trainer {
 
   // One optimizer step (1-based) over the global batch of `step`: forward and backward over this
   // rank's micro-batches, gradient sync, clipping, AdamW, the expert-bias update; the statistics summed
-  // over the ranks, on the device until StepStats::read_all. The synchronised gradients stay on the
-  // parameters until the next step.
+  // over the ranks, on the device until StepStats::read_all. Unsharded, the synchronised gradients
+  // stay on the parameters until the next step (sharded, the parameters keep their local ones).
   StepStats train_step(int64_t step);
 
   Transformer& model() { return model_; }
@@ -65,7 +64,8 @@ class Trainer {
   void report(int64_t step, const StepStats& stats, double seconds);
   // The largest stop signal (SIGTERM, SIGINT) any rank received, 0 for none; over `control`.
   int agreed_stop_signal();
-  CheckpointState checkpoint_state();
+  // The checkpoint's view of the model, the optimizer's `moments` (Optimizer::gather_state) and the counters.
+  CheckpointState checkpoint_state(const OptimizerState& moments);
   void save(int64_t step);
 
   Config config_;
@@ -76,8 +76,7 @@ class Trainer {
   ProcessGroups groups_;
   Transformer model_{nullptr};
   std::vector<MoELayer> moe_layers_;
-  std::unique_ptr<GradSync> grad_sync_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<TokenFile> train_data_, val_data_;
   std::unique_ptr<MetricsLog> metrics_;  // rank 0 only
   std::vector<Pending> pending_;
