@@ -26,55 +26,96 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
 
   PlanOf<N> p;
   p.total_params = p.active_params = p.params_per_rank = outside;
+  const bool bf16 = c.train.dtype == TrainDtype::kBFloat16;
+  const N b = bf16 ? 2 : 4, f = 4;  // bytes of an activation, of a float32
   const N S = c.data.seq_len, T = static_cast<N>(c.train.micro_batch_size) * S;
-  // Floats a block keeps for backward per token: attention (norm in/out, q/k/v before and after
-  // rotation, the output and its projection, 3 x H x S for scores, mask and probabilities), the FFN (norm,
-  // routed copies sent and received, SwiGLU's three F-wide buffers per copy, the shared experts'). Of
-  // those, the expert FFNs' hidden buffers are what train.recompute moe gives back; full keeps the
-  // block's input (D) alone. Either way, backward rebuilds one layer's worth at a time: the largest.
-  N kept = 0, largest = 0;
+  // Bytes a block keeps for backward per token, besides its input, counted from what its autograd
+  // nodes save (moe's own modules): each RMSNorm its float32 product and output (in bf16 also the
+  // float32 copy of its input, and a bf16 output); attention q and k before and after rotation, v,
+  // softmax's probabilities (float32, and their bf16 copy in bf16), the heads' output and the residual
+  // sum; the router's float32 logits, probabilities and gates; the routed copies received, regrouped,
+  // out of the experts and back (4 x D each); per copy SwiGLU's four F-wide buffers (GELU's two); the
+  // shared experts' the same on every token. The expert FFNs' part is what train.recompute moe gives
+  // back.
+  const N norm = bf16 ? (2 * f + b) * D : 2 * f * D;
+  const N attention_saved = norm + b * (2 * H * hd + 2 * KV * hd + KV * hd + H * hd + D) + (bf16 ? f + b : f) * H * S;
+  const N per_copy = b * (expert_matrices == 3 ? 4 : 2) * F;
+  const N shared_saved = static_cast<N>(o.moe.num_shared_experts) * per_copy;
+  // One exchange's send buffer: the rows leave it before backward, but it is live while they go.
+  const N dispatch_rows = K * D;
+  N kept = 0, largest = 0, largest_recomputed = 0, largest_layer = 0;
+  N weights_cast = 0, largest_block_weights = 0, expert_weights_cast = 0, largest_layer_experts = 0;
   for (int64_t l = 0; l < o.num_layers; ++l) {
     p.total_params += attention;
     p.active_params += attention;
     p.params_per_rank += attention;
-    N block = 5 * D + 4 * KV * hd + 2 * H * hd + 3 * H * S, recomputed = 0;
+    N block = attention_saved, recomputed = 0, block_weights = attention - 2 * D;
     if (o.is_moe_layer(l)) {
       ++p.num_moe_layers;
       p.total_params += E * D + E * expert + shared;
       p.active_params += E * D + K * expert + shared;
       p.params_per_rank += E * D + experts_per_rank * expert + shared;
-      recomputed = K * expert_matrices * F + static_cast<N>(o.moe.num_shared_experts) * 3 * F;
-      block += 2 * D + E + K * 3 * D + recomputed;
+      recomputed = K * per_copy + shared_saved;
+      block += norm + f * (3 * E + 2 * K) + b * (4 * K * D + D) + recomputed;
+      block_weights += experts_per_rank * expert + shared;
+      expert_weights_cast += experts_per_rank * expert + shared;
+      largest_layer_experts = std::max(largest_layer_experts, experts_per_rank * expert + shared);
     } else {
       p.total_params += dense_ffn;
       p.active_params += dense_ffn;
       p.params_per_rank += dense_ffn;
-      block += 2 * D + 3 * static_cast<N>(o.ffn_hidden_size);
+      block += norm + b * (4 * static_cast<N>(o.ffn_hidden_size) + D);
+      block_weights += dense_ffn;
     }
+    weights_cast += block_weights;
+    largest_layer = std::max(largest_layer, block_weights + 2 * D + (o.is_moe_layer(l) ? E * D : 0));
+    largest_block_weights = std::max(largest_block_weights, block_weights);
+    largest = std::max(largest, block);
+    largest_recomputed = std::max(largest_recomputed, recomputed);
     switch (c.train.recompute) {
-      case Recompute::kNone:
-        kept += block;
-        break;
-      case Recompute::kMoE:
-        kept += block - recomputed;
-        largest = std::max(largest, recomputed);
-        break;
-      case Recompute::kFull:
-        kept += D;
-        largest = std::max(largest, block);
-        break;
+      case Recompute::kNone: kept += b * D + block; break;
+      case Recompute::kMoE: kept += b * D + block - recomputed; break;
+      case Recompute::kFull: kept += b * D; break;
     }
   }
-  // In bfloat16 the blocks' activations take 2 bytes, and each weight's bf16 copy, cast where it is
-  // used, is kept for backward beside its float32 master. The logits and their log-softmax stay float32.
-  const bool bf16 = c.train.dtype == TrainDtype::kBFloat16;
-  p.param_bytes = (bf16 ? 6 : 4) * p.params_per_rank;
+  // The peak is where backward starts: backward frees each block's saved tensors as it makes their
+  // gradients. Recomputing, the block (or the FFNs) being replayed is kept in full meanwhile.
+  N replayed = 0;
+  if (c.train.recompute == Recompute::kFull) replayed = largest;
+  if (c.train.recompute == Recompute::kMoE) replayed = largest_recomputed;
+  // The logits (float32, and bf16 first in bf16), their log-softmax and its gradient.
+  const N logits = (3 * f + (bf16 ? b : 0)) * V;
+  p.activation_bytes = (kept + replayed + logits + b * dispatch_rows) * T;
+
+  p.param_bytes = 4 * p.params_per_rank;
+  // In bfloat16 each weight is cast where it is used and the copy kept for backward: every matmul
+  // weight's (the head's too); with recompute moe the experts' of one layer, with full one block's.
+  if (bf16) {
+    N cast = V * D + weights_cast;
+    if (c.train.recompute == Recompute::kMoE) cast -= expert_weights_cast - largest_layer_experts;
+    if (c.train.recompute == Recompute::kFull) cast = V * D + largest_block_weights;
+    p.param_bytes += 2 * cast;
+  }
   p.grad_bytes = 4 * p.params_per_rank;
-  p.optimizer_bytes = 8 * p.params_per_rank;
-  p.activation_bytes = (4 * 2 * V + (bf16 ? 2 : 4) * (kept + largest)) * T;
+  // Gradients are reduced bucket by bucket through one buffer of at most 32 MiB (GradSync, and the
+  // sharded optimizer's own).
+  const N bucket = std::min<N>(N{33554432}, p.grad_bytes);
+  // AdamW's two float32 moments; sharded (ZeRO-1), those and the reduced gradient of each rank's part:
+  // the dense parameters' over every rank, the experts' over their expert-data-parallel group.
+  const N edp = static_cast<N>(world_size) / EP;
+  N routed_per_rank = 0;
+  for (int64_t l = 0; l < o.num_layers; ++l) {
+    if (o.is_moe_layer(l)) routed_per_rank += experts_per_rank * expert;
+  }
+  const N dense_per_rank = p.params_per_rank - routed_per_rank, W = static_cast<N>(world_size);
+  p.optimizer_bytes = c.train.shard_optimizer ? 12 * ((dense_per_rank + W - 1) / W + (routed_per_rank + edp - 1) / edp)
+                                              : 8 * p.params_per_rank;
+  // Backward makes each weight's gradient before adding it into .grad: a layer's at a time (in bfloat16
+  // the bf16 one and its float32 conversion).
+  p.buffer_bytes = bucket + (bf16 ? 6 : 4) * std::max(largest_layer, V * D);
   const N accumulation = c.accumulation_steps(world_size);
   // Each exchange sends T*K rows of D activations, of which (EP-1)/EP leave the rank; four exchanges a layer.
-  p.a2a_bytes_per_step = 4 * p.num_moe_layers * accumulation * (T * K * D * (bf16 ? 2 : 4)) * (EP - 1) / EP;
+  p.a2a_bytes_per_step = 4 * p.num_moe_layers * accumulation * (T * K * D * b) * (EP - 1) / EP;
   return p;
 }
 
@@ -112,7 +153,8 @@ nlohmann::json to_json(const Plan& p, int64_t gpu_memory) {
            {{"params", p.param_bytes},
             {"grads", p.grad_bytes},
             {"optimizer", p.optimizer_bytes},
-            {"activations", p.activation_bytes}}},
+            {"activations", p.activation_bytes},
+            {"buffers", p.buffer_bytes}}},
           {"a2a_bytes_per_step_per_rank", p.a2a_bytes_per_step}};
   j["bytes_per_rank"]["total"] = p.total_bytes();
   if (gpu_memory > 0) j["gpu_memory"] = {{"bytes", gpu_memory}, {"fits", p.total_bytes() <= gpu_memory}};
@@ -143,14 +185,22 @@ std::string describe(const Plan& p, const Config& c, int world_size, int64_t gpu
   out += "parameters: " + count(p.total_params) + " total, " + count(p.active_params) + " active per token, " +
          count(p.params_per_rank) + " per rank; " + std::to_string(p.num_moe_layers) + " of " +
          std::to_string(c.model.num_layers) + " layers MoE\n";
-  out += c.train.dtype == TrainDtype::kBFloat16 ? "memory per rank (float32 masters and their bfloat16 copies, AdamW):\n"
-                                                : "memory per rank (float32 weights, AdamW):\n";
+  std::string optimizer = "AdamW";
+  if (c.train.shard_optimizer) {
+    optimizer += " sharded over " + std::to_string(world_size) + " (dense) and " + std::to_string(world_size / ep) +
+                 " (experts) ranks";
+  }
+  out += "memory per rank (" +
+         std::string(c.train.dtype == TrainDtype::kBFloat16 ? "float32 masters and their bfloat16 copies, "
+                                                            : "float32 weights, ") +
+         optimizer + "):\n";
   out += "  parameters   " + gib(p.param_bytes) + "\n";
   out += "  gradients    " + gib(p.grad_bytes) + "\n";
   out += "  optimizer    " + gib(p.optimizer_bytes) + "\n";
   out += "  activations  " + gib(p.activation_bytes) + "  (one micro-batch of " +
          std::to_string(c.train.micro_batch_size) + " x " + std::to_string(c.data.seq_len) + " tokens, recompute " +
          enum_name(c.train.recompute) + ", " + enum_name(c.train.dtype) + ", estimate)\n";
+  out += "  buffers      " + gib(p.buffer_bytes) + "  (the gradient bucket being reduced, one layer's new gradients)\n";
   out += "  total        " + gib(p.total_bytes()) + "\n";
   out += "all-to-all: " + gib(p.a2a_bytes_per_step) + " sent per rank per step\n";
   if (gpu_memory > 0) {

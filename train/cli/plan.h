@@ -17,15 +17,20 @@ struct PlanOf {
   N active_params = 0;  // what one token runs through: top_k routed experts (plus shared ones)
   N params_per_rank = 0;
   // Bytes per rank: float32 weights (and in bfloat16 their bf16 copies) and gradients, AdamW's two
-  // float32 moments, and the activations one micro-batch keeps for backward (an estimate, see
-  // docs/performance.md), by train.dtype and train.recompute.
+  // float32 moments (sharded: those and the reduced gradient of this rank's part), and the peak of
+  // activations over one micro-batch's forward and backward, all-to-all send buffer included (an
+  // estimate, measured against by scripts/bench_memory.sh: docs/performance.md), by train.dtype,
+  // train.recompute and train.shard_optimizer.
   N param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
+  // The buffer gradients are reduced through (one bucket at a time) and the weight gradients of one
+  // layer that backward makes before adding them in.
+  N buffer_bytes = 0;
   // Bytes each rank sends through all-to-all per optimizer step: dispatch and combine, forward and
   // backward, every MoE layer and micro-batch, with tokens spread evenly over the experts.
   N a2a_bytes_per_step = 0;
   N num_moe_layers = 0;
-  // What one rank holds at its peak: weights, gradients, optimizer state and activations.
-  N total_bytes() const { return param_bytes + grad_bytes + optimizer_bytes + activation_bytes; }
+  // What one rank holds at its peak: weights, gradients, optimizer state, activations and buffers.
+  N total_bytes() const { return param_bytes + grad_bytes + optimizer_bytes + activation_bytes + buffer_bytes; }
 };
 using Plan = PlanOf<int64_t>;
 
