@@ -13,7 +13,7 @@ void retain_freed_host_memory() {
   const char* policy = std::getenv("MOE_HOST_MEMORY");
   const bool release = policy != nullptr && std::strcmp(policy, "release") == 0;
   if (policy != nullptr && !release && std::strcmp(policy, "retain") != 0) {
-    std::fprintf(stderr, "moe: MOE_HOST_MEMORY=%s: expected retain (the default) or release\n", policy);
+    std::fprintf(stderr, "moe: error: MOE_HOST_MEMORY=%s: expected retain (the default) or release\n", policy);
     std::exit(2);
   }
 #if defined(__GLIBC__)

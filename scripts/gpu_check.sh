@@ -105,6 +105,29 @@ PY
     tail -5 "$LOG/brown-cpu.log" "$LOG/brown-cuda.log"
     record brown_moe_50_steps FAIL "(cpu rc $cpu_rc, cuda rc $gpu_rc; logs in $LOG)"
   fi
+  # Issue 14's memory settings together on the GPU: bf16, full recomputation, the sharded optimizer
+  # (reduce-scatter and all-gather on the backend above). bf16 follows float32 loosely: the mean loss of
+  # the last 10 steps within 2% of the CPU float32 run's.
+  if [ $cpu_rc -eq 0 ]; then
+    mpirun -np 2 build/moe train "${common[@]}" --set train.device=cuda --set parallel.backend=$backend \
+      --set train.dtype=bfloat16 --set train.recompute=full --set train.shard_optimizer=true \
+      --set train.out_dir="$LOG/brown-cuda-zero" > "$LOG/brown-cuda-zero.log" 2>&1
+    zero_rc=$?
+    verdict=$(python3 - "$LOG/brown-cpu/metrics.jsonl" "$LOG/brown-cuda-zero/metrics.jsonl" $zero_rc <<'PY'
+import json, sys
+if sys.argv[3] != "0":
+    print(f"FAIL (rc {sys.argv[3]})")
+    sys.exit()
+def tail_mean(p):
+    l = [r["loss"] for r in map(json.loads, open(p)) if r["kind"] == "train"]
+    return sum(l[-10:]) / 10, len(l)
+(cpu, n), (gpu, m) = tail_mean(sys.argv[1]), tail_mean(sys.argv[2])
+ok = n == m == 50 and abs(gpu - cpu) <= 0.02 * cpu
+print(("pass" if ok else "FAIL") + f" (mean loss of steps 41-50: cpu float32 {cpu:.4f}, cuda bf16+full+sharded {gpu:.4f}; tolerance 2%)")
+PY
+)
+    record brown_moe_bf16_full_sharded "${verdict%% *}" "${verdict#* }"
+  fi
 else
   record brown_moe_50_steps FAIL "(data/brown is missing: run scripts/prepare_data.sh on a connected machine and bring data/brown)"
 fi

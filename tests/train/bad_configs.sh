@@ -222,6 +222,9 @@ model:
 Y
 check set_unknown_key "--set moe.experts=4: moe.experts is not a config key (did you mean moe.num_experts?)" --set moe.experts=4 <<<"$MODEL"
 check set_bad_value "--set train.lr=fast: train.lr expected a number, got 'fast'" --set train.lr=fast <<<"$MODEL"
+check set_bad_shard_optimizer "--set train.shard_optimizer=maybe: train.shard_optimizer expected true or false, got 'maybe'" \
+  --set train.shard_optimizer=maybe <<<"$MODEL"
+MOE_HOST_MEMORY=lots check host_memory_policy "MOE_HOST_MEMORY=lots: expected retain (the default) or release" <<<"$MODEL"
 check set_no_equals "--set train.lr: expected key.path=value" --set train.lr <<<"$MODEL"
 check vocab_too_small "token file $WORK/train.bin: token " --set model.vocab_size=100 <<<"$MODEL"
 check data_missing "cannot open token file $WORK/missing.bin" --set data.train_path="$WORK/missing.bin" <<<"$MODEL"
