@@ -50,6 +50,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   MOE_CHECK(x.dim() == 3 && x.size(2) == o.hidden_size, "attention: expected [B, S, ", o.hidden_size, "], got ",
             x.sizes());
   const int64_t B = x.size(0), S = x.size(1), H = o.num_attention_heads, KV = o.kv_heads(), hd = head_dim();
+  ScopedPhase timer(times, &PhaseTimes::attention);
   // Weights are float32 masters; the projections compute in x's dtype (bfloat16 under train.dtype), and
   // the casts' backward brings the gradients back to float32.
   const auto in_x = [&x](const at::Tensor& w) { return w.to(x.scalar_type()); };
@@ -171,6 +172,13 @@ void TransformerImpl::set_compute_dtype(at::ScalarType dtype) {
   MOE_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "transformer: compute dtype must be float32 or bfloat16, got ",
             dtype);
   compute_dtype_ = dtype;
+}
+
+void TransformerImpl::set_phase_times(PhaseTimes* times) {
+  for (TransformerBlock& block : layers) {
+    block->self_attn->times = times;
+    if (block->moe) block->moe->set_phase_times(times);
+  }
 }
 
 void TransformerImpl::set_recompute(Recompute recompute) {

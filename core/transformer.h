@@ -11,6 +11,7 @@
 #include "core/experts.h"
 #include "core/model_options.h"
 #include "core/moe_layer.h"
+#include "core/phase_times.h"
 #include "parallel/parameter.h"
 
 namespace moe {
@@ -41,6 +42,7 @@ class AttentionImpl : public torch::nn::Module {
   const TransformerOptions& options() const { return options_; }
   int64_t head_dim() const { return options_.head_dim(); }
   at::Tensor q_proj, k_proj, v_proj, o_proj;  // [H*hd, D], [KV*hd, D], [KV*hd, D], [D, H*hd]
+  PhaseTimes* times = nullptr;  // adds the forward's time to `attention` when set
 
  private:
   TransformerOptions options_;
@@ -91,6 +93,8 @@ class TransformerImpl : public torch::nn::Module {
   // precision). Parameters stay float32 masters, so their gradients accumulate in float32 across
   // micro-batches (Megatron's main_grad); routing, its losses and the logits stay float32.
   void set_compute_dtype(at::ScalarType dtype);
+  // train.profile: every layer's attention and MoE layer add their phases' times to `times` (null: off).
+  void set_phase_times(PhaseTimes* times);
 
   const TransformerOptions& options() const { return options_; }
   at::Tensor embed_tokens;  // [vocab, D]

@@ -39,6 +39,16 @@ TEST(Plan, ActiveParametersByHand) {
   EXPECT_EQ(make_plan(c, 1).active_params, 2 * 256 * 64 + 64 + 2 * (attention + moe_active));
 }
 
+TEST(Plan, FlopsPerTokenByHand) {
+  // tiny, per layer: 6 x (projections 2 x 64 x 64 + 2 x 64 x 32, router 4 x 64, top-2 experts
+  // 2 x 3 x 64 x 64) + attention 12 x 4 heads x 16 x 32 tokens; twice; then the head 6 x 256 x 64.
+  const int64_t layer = 6 * (12288 + 256 + 24576) + 12 * 4 * 16 * 32;
+  EXPECT_EQ(make_plan(small({}), 1).flops_per_token, 2 * layer + 6 * 256 * 64);
+  // Recomputation and dtype change the memory, not the model FLOPs.
+  EXPECT_EQ(make_plan(small({"train.recompute=full", "train.dtype=bfloat16"}), 1).flops_per_token,
+            2 * layer + 6 * 256 * 64);
+}
+
 TEST(Plan, ActivationsByRecomputeByHand) {
   // tiny: D 64, 4 heads of 16, 2 KV heads, S 32, 4 SwiGLU experts of 64, top-2, vocab 256; a
   // micro-batch of 2 x 32 = 64 tokens. Bytes a block keeps per token in float32:

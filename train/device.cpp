@@ -1,5 +1,8 @@
 #include "train/device.h"
 
+#include <algorithm>
+#include <chrono>
+
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
 #include <unistd.h>
@@ -35,6 +38,29 @@ void check_memory(const Config& config, int world_size, const at::Device& device
   MOE_INPUT_CHECK(machine <= 0 || needed <= machine, config.source, ": one rank needs ", needed / double(1 << 30),
                   " GiB for its weights, gradients and AdamW state (", plan.params_per_rank,
                   " parameters; see moe plan), this machine has ", machine / double(1 << 30), " GiB");
+}
+
+double measure_gemm_peak(const at::Device& device, at::ScalarType dtype, double seconds) {
+  at::NoGradGuard no_grad;
+  const int64_t n = device.is_cuda() ? 8192 : 1536;
+  const at::TensorOptions options = at::TensorOptions().dtype(dtype).device(device);
+  const at::Tensor a = at::randn({n, n}, options.dtype(at::kFloat)).to(dtype), b = at::randn({n, n}, options.dtype(at::kFloat)).to(dtype);
+  at::Tensor c = at::empty({n, n}, options);
+  const auto sync = [&] {
+    if (device.is_cuda()) c.sum().item<double>();  // waits for the queued products
+  };
+  at::mm_out(c, a, b);  // warm-up: the kernel's first call and the output's first touch
+  sync();
+  double best = 0;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3 || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int k = 0; k < (device.is_cuda() ? 10 : 1); ++k) at::mm_out(c, a, b);
+    sync();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, (device.is_cuda() ? 10.0 : 1.0) * 2.0 * n * n * n / s);
+  }
+  return best;
 }
 
 Backend select_backend(Backend requested, const at::Device& device) {

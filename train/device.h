@@ -29,6 +29,10 @@ std::string describe(const at::Device& device);
 // The CPU's memory; a GPU's is not checked yet.
 void check_memory(const Config& config, int world_size, const at::Device& device);
 
+// The device's GEMM rate in FLOP/s for `dtype`, the peak MFU is reported against: square matrix
+// products (1536 on the CPU, 8192 on a GPU), repeated for about `seconds`, the best one. Local.
+double measure_gemm_peak(const at::Device& device, at::ScalarType dtype, double seconds = 0.5);
+
 struct RankPlacement {
   at::Device device = at::kCPU;
   Backend backend = Backend::kMpi;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/cuda.h>
 
 #include <chrono>
 #include <cmath>
@@ -17,6 +18,8 @@
 #include "core/check.h"
 #include "parallel/watchdog.h"
 #include "train/checkpoint/checkpoint_state.h"
+#include "train/cli/plan.h"
+#include "train/device.h"
 #include "train/evaluation.h"
 #include "train/shared_directory.h"
 
@@ -25,6 +28,8 @@ namespace {
 
 volatile std::sig_atomic_t g_signal = 0;
 void on_stop_signal(int sig) { g_signal = sig; }
+
+void synchronize_cuda() { torch::cuda::synchronize(); }
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -107,6 +112,10 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
   // Router jitter draws from the global generator: the same run gives the same draws, ranks differ.
   at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1));
   moe_layers_ = model_->moe_layers();
+  if (t.profile) {
+    if (device_.is_cuda()) phases_.synchronize = synchronize_cuda;
+    model_->set_phase_times(&phases_);
+  }
   AdamWOptions ao;
   ao.beta1 = t.beta1;
   ao.beta2 = t.beta2;
@@ -165,6 +174,13 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
                "= {} micro-batch x {} accumulation x {} ranks",
                world.size(), dims_.ep_size, dims_.edp_size, t.global_batch_size, config_.data.seq_len,
                t.micro_batch_size, accumulation_, world.size());
+  flops_per_token_ = static_cast<double>(make_plan(config_, world.size()).flops_per_token);
+  // On the CPU float32 whatever train.dtype (this CPU's bf16 products are not its peak); on a GPU the run's dtype.
+  const at::ScalarType peak_dtype = device_.is_cuda() && t.dtype == TrainDtype::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  gemm_peak_ = measure_gemm_peak(device_, peak_dtype);
+  spdlog::info("speed: {:.4g} model FLOPs per token (forward and backward, as moe plan counts them); this rank's "
+               "{} GEMM peak {:.1f} GFLOP/s, the denominator of MFU",
+               flops_per_token_, peak_dtype == at::kBFloat16 ? "bfloat16" : "float32", gemm_peak_ / 1e9);
   if (t.shard_optimizer) {
     spdlog::info("optimizer: AdamW, its state sharded (ZeRO-1): the dense parameters' over {} ranks, the experts' over "
                  "{}", world.size(), dims_.edp_size);
@@ -188,7 +204,7 @@ double Trainer::train() {
     first.reset();
     const double seconds = now_seconds() - start;
     elapsed_ += seconds;
-    pending_.push_back({step, std::move(stats), seconds});
+    pending_.push_back({step, std::move(stats), seconds, phases_});
     const int stop = agreed_stop_signal();
     const bool save_now = config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0;
     const bool eval_now = (t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps;
@@ -239,6 +255,12 @@ StepStats Trainer::train_step(int64_t step) {
   const auto num_moe = static_cast<int64_t>(moe_layers_.size());
   StepStats stats(num_moe, config_.model.moe.router.num_experts, device_);
   const ParameterList& params = model_->parameter_records();
+  PhaseTimes* times = t.profile ? &phases_ : nullptr;
+  if (times) {
+    const auto synchronize = phases_.synchronize;
+    phases_ = PhaseTimes{};
+    phases_.synchronize = synchronize;
+  }
 
   for (const ParameterRecord& p : params) {
     if (p.tensor.grad().defined()) p.tensor.mutable_grad().zero_();
@@ -246,20 +268,31 @@ StepStats Trainer::train_step(int64_t step) {
   const std::vector<int64_t> offsets =
       batch_offsets(t.seed, step, t.global_batch_size, L, train_data_->size());
   for (int64_t micro = 0; micro < accumulation_; ++micro) {
-    const at::Tensor windows = train_data_->windows(
-        rank_slice(offsets, world_.rank(), world_.size(), t.micro_batch_size, micro), L + 1, device_);
+    at::Tensor windows;
+    {
+      ScopedPhase timer(times, &PhaseTimes::data);
+      windows = train_data_->windows(rank_slice(offsets, world_.rank(), world_.size(), t.micro_batch_size, micro), L + 1,
+                                     device_);
+    }
     const at::Tensor inputs = windows.narrow(1, 0, L), targets = windows.narrow(1, 1, L);
     TransformerOutput out = model_->forward(inputs);
     at::Tensor lm_loss =
         at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), targets.reshape({-1}));
     if (step == fault_nonfinite_step_ && world_.rank() == world_.size() - 1) lm_loss = lm_loss * NAN;
     const at::Tensor loss = (lm_loss + out.router_loss) / static_cast<double>(accumulation_);
-    loss.backward();
+    {
+      ScopedPhase timer(times, &PhaseTimes::backward);
+      loss.backward();
+    }
     stats.add(lm_loss, out.routings);
   }
 
   // The same on every rank, so every rank takes the same decisions from it without another collective.
-  const at::Tensor squares = optimizer_->reduce_gradients();
+  at::Tensor squares;
+  {
+    ScopedPhase timer(times, &PhaseTimes::grad_sync);
+    squares = optimizer_->reduce_gradients();
+  }
   const at::Tensor grad_norm = squares.sum().sqrt();
   stats.lr = learning_rate(step, t.steps, t.warmup_steps, t.lr, t.min_lr);
   if (t.on_nonfinite == OnNonFinite::kSkip) {
@@ -268,6 +301,7 @@ StepStats Trainer::train_step(int64_t step) {
     stats.skipped = !std::isfinite(host[0].item<double>() + host[1].item<double>());
   }
   if (!stats.skipped) {
+    ScopedPhase timer(times, &PhaseTimes::optimizer);
     optimizer_->clip(grad_norm, t.grad_clip);
     optimizer_->step(stats.lr);
   }
@@ -316,23 +350,28 @@ void Trainer::check_and_report() {
                                  "(the last checkpoint is untouched; lower train.lr, set train.grad_clip, or "
                                  "train.on_nonfinite: skip)"));
     }
-    report(p.step, st, p.seconds);
+    report(p);
   }
   pending_.clear();
 }
 
-void Trainer::report(int64_t step, const StepStats& stats, double seconds) {
+void Trainer::report(const Pending& pending) {
+  const int64_t step = pending.step;
+  const StepStats& stats = pending.stats;
+  const double seconds = pending.seconds;
   const auto& t = config_.train;
   const double micro_batches = static_cast<double>(accumulation_ * world_.size());
   const double loss = stats.lm_loss / micro_batches, aux = stats.aux_loss / micro_batches,
                z = stats.z_loss / micro_batches;
   const double dropped = stats.assignments > 0 ? stats.dropped / stats.assignments : 0.0;
   const double tokens_per_s = static_cast<double>(t.global_batch_size * config_.data.seq_len) / seconds;
+  const double gflops = flops_per_token_ * tokens_per_s / world_.size() / 1e9;  // per rank
+  const double mfu = gflops * 1e9 / gemm_peak_;
   if (step % t.log_every == 0 || step == 1 || step == t.steps) {
     const double eta = elapsed_ / static_cast<double>(step) * static_cast<double>(t.steps - step);
     spdlog::info("step {}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad norm {:.3f} | dropped {:.2f}% | "
-                 "{:.0f} tokens/s | ETA {}",
-                 step, t.steps, loss, aux, stats.lr, stats.grad_norm, 100 * dropped, tokens_per_s,
+                 "{:.0f} tokens/s | {:.1f} GFLOP/s per rank, MFU {:.1f}% | ETA {}",
+                 step, t.steps, loss, aux, stats.lr, stats.grad_norm, 100 * dropped, tokens_per_s, gflops, 100 * mfu,
                  format_duration(eta));
   }
   if (!metrics_) return;
@@ -350,9 +389,21 @@ void Trainer::report(int64_t step, const StepStats& stats, double seconds) {
                            {"lr", stats.lr},
                            {"grad_norm", stats.grad_norm},
                            {"tokens_per_s", tokens_per_s},
+                           {"model_flops_per_token", flops_per_token_},
+                           {"gflops_per_rank", gflops},
+                           {"mfu", mfu},
                            {"dropped_fraction", dropped},
                            {"tokens_per_expert", per_layer}};
   if (stats.skipped) record["skipped"] = true;
+  if (t.profile) {
+    const PhaseTimes& p = pending.phases;
+    // Forward phases run again in backward under recomputation: they count where they run, and
+    // backward includes them.
+    record["phase_ms"] = {{"attention", p.attention}, {"router", p.route},      {"permute", p.permute},
+                          {"dispatch", p.dispatch},   {"experts", p.experts},   {"combine", p.combine},
+                          {"unpermute", p.unpermute}, {"backward", p.backward}, {"grad_sync", p.grad_sync},
+                          {"optimizer", p.optimizer}, {"data", p.data}};
+  }
   metrics_->write(record);
 }
 

@@ -56,12 +56,13 @@ class Trainer {
     int64_t step;
     StepStats stats;
     double seconds;
+    PhaseTimes phases;  // train.profile
   };
   // Reads the steps run since the last flush in one host copy, stops on a non-finite loss, and reports
   // them (log line, metrics.jsonl). At every log interval, evaluation, checkpoint and stop.
   void flush();
   void check_and_report();
-  void report(int64_t step, const StepStats& stats, double seconds);
+  void report(const Pending& pending);
   // The largest stop signal (SIGTERM, SIGINT) any rank received, 0 for none; over `control`.
   int agreed_stop_signal();
   // The checkpoint's view of the model, the optimizer's `moments` (Optimizer::gather_state) and the counters.
@@ -88,6 +89,9 @@ class Trainer {
   // Fault injection for the tests: MOE_FAULT_NONFINITE_STEP=S makes the last rank's loss NaN at step S.
   int64_t fault_nonfinite_step_ = -1;
   double elapsed_ = 0;  // seconds spent in training steps
+  double flops_per_token_ = 0;  // model FLOPs, forward and backward (moe plan's count)
+  double gemm_peak_ = 0;        // FLOP/s of this rank's device, measured at start: MFU's denominator
+  PhaseTimes phases_;           // this step's, with train.profile
 };
 
 }  // namespace moe

@@ -29,7 +29,6 @@ rm -rf "$WORK/cut/checkpoints/step_00000100"
 echo step_00000050 > "$WORK/cut/checkpoints/latest"
 moe_train 2 "${COMMON[@]}" --set train.out_dir="$WORK/cut" --set train.dtype=bfloat16 --set train.steps=100 \
   --resume latest 2>"$WORK/cut.log" || { cat "$WORK/cut.log"; fail "bf16 resume"; }
-strip_timing() { sed 's/"tokens_per_s":[^,]*,//; s/,"train_seconds":[^,}]*//' "$1"; }
 cmp <(strip_timing "$WORK/bfloat16/metrics.jsonl") <(strip_timing "$WORK/cut/metrics.jsonl") ||
   fail "the resumed bf16 run's metrics differ"
 for f in model.safetensors experts-00000.safetensors experts-00001.safetensors; do

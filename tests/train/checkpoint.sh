@@ -14,7 +14,6 @@ base() {
   moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/base" --set train.micro_batch_size=2 \
     --set parallel.expert_parallel_size=4 2>"$WORK/base.log" || { cat "$WORK/base.log"; fail "base run"; }
 }
-strip_timing() { sed 's/"tokens_per_s":[^,]*,//; s/,"train_seconds":[^,}]*//' "$1"; }
 eval_loss() {  # NP CHECKPOINT
   mpirun --oversubscribe -np "$1" -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 "$MOE" eval --checkpoint "$2" \
     --data "$WORK/val.bin" --seq-len 32 --windows 24 2>"$WORK/eval.log" | grep -o '"loss":[^,}]*' | cut -d: -f2

@@ -26,6 +26,12 @@ field() {
   grep "\"kind\":\"$2\"" "$1" | grep -o "\"$3\":[^,}]*" | cut -d: -f2
 }
 
+# strip_timing [FILE]: metrics.jsonl (or stdin) without what depends on the clock: tokens/s, GFLOP/s,
+# MFU and the training time. Keys are sorted, so each is followed by the next.
+strip_timing() {
+  sed 's/"gflops_per_rank":[^,]*,//; s/"mfu":[^,]*,//; s/"tokens_per_s":[^,]*,//; s/,*"train_seconds":[^,}]*//' "${1:--}"
+}
+
 fail() {
   echo "FAIL: $*" >&2
   exit 1

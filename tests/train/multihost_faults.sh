@@ -85,8 +85,8 @@ survived() {
     "$out/checkpoints/step_$(printf %08d $STEPS)/model.safetensors" || fail "the resumed run's final weights differ"
   local from=${latest#step_}
   from=$((10#$from))
-  diff <(grep '"kind":"train"' "$WORK/ref/metrics.jsonl" | awk -v f="$from" -F'"step":' '{ split($2, a, ","); if (a[1] > f) print }' | sed 's/"tokens_per_s":[^,]*,//; s/,"train_seconds":[^,}]*//') \
-       <(grep '"kind":"train"' "$out/metrics.jsonl" | awk -v f="$from" -F'"step":' '{ split($2, a, ","); if (a[1] > f) print }' | sed 's/"tokens_per_s":[^,]*,//; s/,"train_seconds":[^,}]*//') > /dev/null ||
+  diff <(grep '"kind":"train"' "$WORK/ref/metrics.jsonl" | awk -v f="$from" -F'"step":' '{ split($2, a, ","); if (a[1] > f) print }' | strip_timing) \
+       <(grep '"kind":"train"' "$out/metrics.jsonl" | awk -v f="$from" -F'"step":' '{ split($2, a, ","); if (a[1] > f) print }' | strip_timing) > /dev/null ||
     fail "the resumed run's losses after step $from differ from the uninterrupted run"
   echo "  survived: $latest verifies; resumed from it, steps $((from + 1))-$STEPS match the uninterrupted run bit for bit"
 }

@@ -11,7 +11,6 @@ for r in none moe full; do
     { cat "$WORK/$r.log"; fail "train.recompute=$r"; }
   grep -q "; recompute $r" "$WORK/$r.log" || { cat "$WORK/$r.log"; fail "the run does not say it recomputes $r"; }
 done
-strip_timing() { sed 's/"tokens_per_s":[^,]*,//; s/,"train_seconds":[^,}]*//' "$1"; }
 dropped=$(field "$WORK/none/metrics.jsonl" train dropped_fraction | awk '{ s += $1 } END { print s + 0 }')
 awk -v d="$dropped" 'BEGIN { exit !(d > 0) }' || fail "the case drops nothing: it must, to show the re-run drops alike"
 for r in moe full; do

@@ -50,7 +50,12 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
     p.active_params += attention;
     p.params_per_rank += attention;
     N block = attention_saved, recomputed = 0, block_weights = attention - 2 * D;
+    // Matrix FLOPs per token, forward and backward (6 per weight a token passes through), plus the
+    // attention scores and their use, 12 x heads x head_dim x seq_len (PaLM's count: causal masking not
+    // halved, as Megatron reports MFU).
+    p.flops_per_token += 6 * (attention - 2 * D) + 12 * H * hd * S;
     if (o.is_moe_layer(l)) {
+      p.flops_per_token += 6 * (E * D + K * expert + shared);
       ++p.num_moe_layers;
       p.total_params += E * D + E * expert + shared;
       p.active_params += E * D + K * expert + shared;
@@ -61,6 +66,7 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
       expert_weights_cast += experts_per_rank * expert + shared;
       largest_layer_experts = std::max(largest_layer_experts, experts_per_rank * expert + shared);
     } else {
+      p.flops_per_token += 6 * dense_ffn;
       p.total_params += dense_ffn;
       p.active_params += dense_ffn;
       p.params_per_rank += dense_ffn;
@@ -78,6 +84,7 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
       case Recompute::kFull: kept += b * D; break;
     }
   }
+  p.flops_per_token += 6 * V * D;  // the head
   // The peak is where backward starts: backward frees each block's saved tensors as it makes their
   // gradients. Recomputing, the block (or the FFNs) being replayed is kept in full meanwhile.
   N replayed = 0;
@@ -155,7 +162,8 @@ nlohmann::json to_json(const Plan& p, int64_t gpu_memory) {
             {"optimizer", p.optimizer_bytes},
             {"activations", p.activation_bytes},
             {"buffers", p.buffer_bytes}}},
-          {"a2a_bytes_per_step_per_rank", p.a2a_bytes_per_step}};
+          {"a2a_bytes_per_step_per_rank", p.a2a_bytes_per_step},
+          {"flops_per_token", p.flops_per_token}};
   j["bytes_per_rank"]["total"] = p.total_bytes();
   if (gpu_memory > 0) j["gpu_memory"] = {{"bytes", gpu_memory}, {"fits", p.total_bytes() <= gpu_memory}};
   return j;
@@ -185,6 +193,10 @@ std::string describe(const Plan& p, const Config& c, int world_size, int64_t gpu
   out += "parameters: " + count(p.total_params) + " total, " + count(p.active_params) + " active per token, " +
          count(p.params_per_rank) + " per rank; " + std::to_string(p.num_moe_layers) + " of " +
          std::to_string(c.model.num_layers) + " layers MoE\n";
+  char flops[96];
+  std::snprintf(flops, sizeof flops, "model FLOPs: %.4g per token, forward and backward\n",
+                static_cast<double>(p.flops_per_token));
+  out += flops;
   std::string optimizer = "AdamW";
   if (c.train.shard_optimizer) {
     optimizer += " sharded over " + std::to_string(world_size) + " (dense) and " + std::to_string(world_size / ep) +

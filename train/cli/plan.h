@@ -29,6 +29,11 @@ struct PlanOf {
   // backward, every MoE layer and micro-batch, with tokens spread evenly over the experts.
   N a2a_bytes_per_step = 0;
   N num_moe_layers = 0;
+  // Model FLOPs per token of a training step, forward and backward: 6 per matrix weight a token passes
+  // through (attention projections, router, top_k experts and the shared ones or the dense FFN, the
+  // head) plus 12 x heads x head_dim x seq_len a layer for attention (PaLM's count, the one MFU is
+  // reported by). Recomputation is not counted: it is overhead, not model FLOPs.
+  N flops_per_token = 0;
   // What one rank holds at its peak: weights, gradients, optimizer state, activations and buffers.
   N total_bytes() const { return param_bytes + grad_bytes + optimizer_bytes + activation_bytes + buffer_bytes; }
 };
