@@ -1,5 +1,7 @@
 #include "train/cli/plan.h"
 
+#include "train/cli/hardware.h"
+
 #include <gtest/gtest.h>
 
 #include "core/transformer.h"
@@ -98,6 +100,52 @@ TEST(Plan, ShardedOptimizerSplitsTheStateOverItsGroups) {
   EXPECT_EQ(whole.optimizer_bytes, 8 * whole.params_per_rank);
   EXPECT_EQ(sharded.optimizer_bytes, 12 * ((dense + 3) / 4 + experts / 2));
   EXPECT_EQ(sharded.total_bytes() - sharded.optimizer_bytes, whole.total_bytes() - whole.optimizer_bytes);
+}
+
+TEST(Plan, StepEstimateOnHardwareByHand) {
+  // tiny in bf16 on 16 H100s (2 nodes of 8), EP 2 x EDP 8, 32 sequences of 32 tokens a step: 64 tokens a
+  // rank, no accumulation; GEMMs at half the 989 TFLOP/s peak.
+  const std::string tiny = std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml";
+  const Config c = load_config(tiny, {"parallel.expert_parallel_size=2", "train.global_batch_size=32",
+                                      "train.dtype=bfloat16"}, 16);
+  const Plan p = make_plan(c, 16);
+  const StepEstimate e = estimate_step(c, 16, p, find_hardware("h100-sxm"), 0.5);
+  const double flops = 2 * (6 * (12288 + 256 + 24576) + 12 * 4 * 16 * 32) + 6 * 256 * 64;  // FlopsPerTokenByHand
+  EXPECT_DOUBLE_EQ(e.tokens_per_rank, 64);
+  EXPECT_NEAR(e.compute_s, flops * 64 / (0.5 * 989e12), 1e-12 * e.compute_s);
+  // All-to-all: 4 exchanges x 2 layers x 64 tokens x top-2 x 64 values x 2 bytes, half to the other rank
+  // of the EP group, inside the node: NVLink's 450 GB/s.
+  EXPECT_TRUE(e.a2a_inside_node);
+  EXPECT_NEAR(e.a2a_s, 4 * 2 * 64 * 2 * 64 * 2 / 2 / 450e9, 1e-12 * e.a2a_s);
+  // Gradients, float32, rings over InfiniBand's 50 GB/s (the world spans 2 nodes): dense 2 x 32768 + 64
+  // (embedding, head, final norm) + 2 layers x (12288 + 128 + 256) over 16 ranks; the 2 local experts
+  // of 3 x 64 x 64 in 2 layers over the EDP group of 8.
+  const double dense = 2 * 256 * 64 + 64 + 2 * (12288 + 128 + 256), experts = 2 * 2 * 3 * 64 * 64;
+  EXPECT_EQ(p.dense_params_per_rank, dense);
+  EXPECT_NEAR(e.grad_sync_s, (2 * 15.0 / 16 * 4 * dense + 2 * 7.0 / 8 * 4 * experts) / 50e9, 1e-12 * e.grad_sync_s);
+  EXPECT_DOUBLE_EQ(e.step_s, e.compute_s + e.a2a_s + e.grad_sync_s);
+  EXPECT_NEAR(e.mfu, flops * 64 / e.step_s / 989e12, 1e-12);
+  EXPECT_NEAR(e.tokens_per_s, 32 * 32 / e.step_s, 1e-9 * e.tokens_per_s);
+  // An EP group wider than a node sends the share of its peers outside the node over InfiniBand.
+  const Config wide = load_config(tiny, {"parallel.expert_parallel_size=4", "moe.num_experts=16",
+                                         "train.global_batch_size=32"}, 16);
+  const Plan wp = make_plan(wide, 16);
+  const Hardware& a100 = find_hardware("a100-sxm");
+  EXPECT_TRUE(estimate_step(wide, 16, wp, a100, 0.75).a2a_inside_node);
+  const Config wider = load_config(tiny, {"parallel.expert_parallel_size=16", "moe.num_experts=16",
+                                          "train.global_batch_size=32"}, 16);
+  const Plan wq = make_plan(wider, 16);
+  const StepEstimate across = estimate_step(wider, 16, wq, a100, 0.75);
+  EXPECT_FALSE(across.a2a_inside_node);
+  const double bytes = static_cast<double>(wq.a2a_bytes_per_step);
+  EXPECT_NEAR(across.a2a_s, std::max(bytes * 8 / 15 / 25e9, bytes * 7 / 15 / 300e9), 1e-12 * across.a2a_s);
+  // Recomputation costs time, not model FLOPs: full adds a forward, a third.
+  const Config full = load_config(tiny, {"parallel.expert_parallel_size=2", "train.global_batch_size=32",
+                                         "train.dtype=bfloat16", "train.recompute=full"}, 16);
+  const StepEstimate rf = estimate_step(full, 16, make_plan(full, 16), find_hardware("h100-sxm"), 0.5);
+  EXPECT_NEAR(rf.compute_s, e.compute_s * 4 / 3, 1e-6 * e.compute_s);
+  EXPECT_THROW(find_hardware("b200"), Error);
+  EXPECT_THROW(estimate_step(c, 16, p, find_hardware("h200"), 0), Error);
 }
 
 TEST(Plan, AllToAllBytesByHand) {

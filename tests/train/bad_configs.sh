@@ -300,6 +300,8 @@ refused "--resume: 1 required TEXT missing" "$MOE" train "$WORK/ok.yaml" --resum
 refused "--set: 1 required TEXT missing" "$MOE" train "$WORK/ok.yaml" --set
 refused "--checkpoint is required" "$MOE" eval --data "$WORK/val.bin"
 refused "--world: Value 0 not in range 1 to 1048576" "$MOE" plan "$WORK/ok.yaml" --world 0
+refused "--hardware b200: not a known system (h100-sxm, h200, a100-sxm)" "$MOE" plan "$WORK/ok.yaml" --world 2 --hardware b200
+refused "--gemm-efficiency: Value 2 not in range" "$MOE" plan "$WORK/ok.yaml" --world 2 --hardware h100-sxm --gemm-efficiency 2
 refused "The following argument was not expected: --frobnicate" "$MOE" --frobnicate
 refused "checkpoint $WORK/nowhere is not a directory" "$MOE" checkpoint verify "$WORK/nowhere"
 mkdir -p "$WORK/exported"

@@ -64,6 +64,11 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   plan->add_option("--gpu-memory", c.gpu_memory, "Say whether one rank's memory fits in this much (80GiB, 141GB)")
       ->transform(CLI::AsSizeValue(/*kb_is_1000=*/true))
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 60));
+  plan->add_option("--hardware", c.hardware,
+                   "Estimate the step time, all-to-all share and MFU on this system (h100-sxm, h200, a100-sxm)");
+  plan->add_option("--gemm-efficiency", c.gemm_efficiency,
+                   "With --hardware: the fraction of the dense peak the GEMMs reach (default 0.75)")
+      ->check(CLI::Range(0.01, 1.0));
 
   try {
     app.parse(argc, argv);

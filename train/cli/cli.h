@@ -28,6 +28,8 @@ struct CommandLine {
   int world_size = 1;              // plan
   bool json = false;               // plan
   int64_t gpu_memory = 0;          // plan: bytes one GPU holds, to check the plan against (0: not asked)
+  std::string hardware;            // plan: a named system to estimate the step on ("": none)
+  double gemm_efficiency = 0.75;   // plan --hardware: the fraction of the dense peak GEMMs reach
 };
 
 // Parses argv into `out`. Returns -1 when a command is to run; otherwise the exit code once help, the

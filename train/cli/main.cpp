@@ -11,6 +11,7 @@
 
 #include "train/cli/cli.h"
 #include "train/cli/config.h"
+#include "train/cli/hardware.h"
 #include "train/cli/plan.h"
 #include "train/cli/tokenizer.h"
 
@@ -43,8 +44,15 @@ int main(int argc, char** argv) {
     } else {
       const moe::Config config = moe::load_config(cl.config_path, cl.sets, cl.world_size);
       const moe::Plan plan = moe::make_plan(config, cl.world_size);
-      std::cout << (cl.json ? moe::to_json(plan, cl.gpu_memory).dump() + "\n"
-                            : moe::describe(plan, config, cl.world_size, cl.gpu_memory));
+      nlohmann::json json = moe::to_json(plan, cl.gpu_memory);
+      std::string text = moe::describe(plan, config, cl.world_size, cl.gpu_memory);
+      if (!cl.hardware.empty()) {
+        const moe::Hardware& hw = moe::find_hardware(cl.hardware);
+        const moe::StepEstimate e = moe::estimate_step(config, cl.world_size, plan, hw, cl.gemm_efficiency);
+        json["estimate"] = moe::to_json(e, hw, cl.gemm_efficiency);
+        text += moe::describe(e, hw, cl.gemm_efficiency, cl.world_size);
+      }
+      std::cout << (cl.json ? json.dump() + "\n" : text);
     }
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());

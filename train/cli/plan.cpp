@@ -115,6 +115,10 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
     if (o.is_moe_layer(l)) routed_per_rank += experts_per_rank * expert;
   }
   const N dense_per_rank = p.params_per_rank - routed_per_rank, W = static_cast<N>(world_size);
+  p.dense_params_per_rank = dense_per_rank;
+  // What recomputation runs again: the whole forward (a third of forward and backward), or the experts'.
+  if (c.train.recompute == Recompute::kFull) p.recompute_flops_per_token = p.flops_per_token / 3;
+  if (c.train.recompute == Recompute::kMoE) p.recompute_flops_per_token = 2 * p.num_moe_layers * (K * expert + shared);
   p.optimizer_bytes = c.train.shard_optimizer ? 12 * ((dense_per_rank + W - 1) / W + (routed_per_rank + edp - 1) / edp)
                                               : 8 * p.params_per_rank;
   // Backward makes each weight's gradient before adding it into .grad: a layer's at a time (in bfloat16

@@ -34,6 +34,10 @@ struct PlanOf {
   // head) plus 12 x heads x head_dim x seq_len a layer for attention (PaLM's count, the one MFU is
   // reported by). Recomputation is not counted: it is overhead, not model FLOPs.
   N flops_per_token = 0;
+  // FLOPs per token that train.recompute runs again (not model FLOPs: they count in time, not in MFU).
+  N recompute_flops_per_token = 0;
+  // Of params_per_rank, those outside the routed experts (replicated on every rank).
+  N dense_params_per_rank = 0;
   // What one rank holds at its peak: weights, gradients, optimizer state, activations and buffers.
   N total_bytes() const { return param_bytes + grad_bytes + optimizer_bytes + activation_bytes + buffer_bytes; }
 };
