@@ -61,9 +61,12 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
-  const at::Tensor causal = at::ones({S, S}, x.options().dtype(at::kBool)).triu(1);
-  const at::Tensor scores = at::matmul(q, k.transpose(-2, -1)).mul(1.0 / std::sqrt(static_cast<double>(hd)));
-  const at::Tensor masked = scores.masked_fill(causal, -INFINITY);
+  // The scores, scaled and causally masked in one batched GEMM: alpha scales inside the product and the
+  // additive mask (0, or -inf above the diagonal) is its C, so no [B, H, S, S] pass follows it.
+  const at::Tensor mask = at::full({S, S}, -INFINITY, x.options()).triu(1).expand({B * H, S, S});
+  const at::Tensor masked = at::baddbmm(mask, q.reshape({B * H, S, hd}), k.reshape({B * H, S, hd}).transpose(1, 2), 1.0,
+                                        1.0 / std::sqrt(static_cast<double>(hd)))
+                                .view({B, H, S, S});
   // In reduced precision the softmax runs in float32 (Megatron's attention_softmax_in_fp32).
   const at::Tensor probs = x.scalar_type() == at::kFloat ? at::softmax(masked, -1)
                                                          : at::softmax(masked, -1, at::kFloat).to(x.scalar_type());
