@@ -104,9 +104,12 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
     p.param_bytes += 2 * cast;
   }
   p.grad_bytes = 4 * p.params_per_rank;
-  // Gradients are reduced bucket by bucket through one buffer of at most 32 MiB (GradSync, and the
-  // sharded optimizer's own).
-  const N bucket = std::min<N>(N{33554432}, p.grad_bytes);
+  // Gradients are reduced bucket by bucket through one buffer (GradSync's, or the sharded optimizer's):
+  // buckets of up to 32 MiB, but a larger tensor makes a bucket of its own (the embedding, the head, a
+  // layer's stack of local experts' matrices).
+  N largest_tensor = std::max({V * D, D * H * hd, experts_per_rank * D * F, static_cast<N>(o.moe.num_shared_experts) * D * F});
+  if (p.num_moe_layers < static_cast<N>(o.num_layers)) largest_tensor = std::max(largest_tensor, D * static_cast<N>(o.ffn_hidden_size));
+  const N bucket = std::min<N>(std::max<N>(N{33554432}, 4 * largest_tensor), p.grad_bytes);
   // AdamW's two float32 moments; sharded (ZeRO-1), those and the reduced gradient of each rank's part:
   // the dense parameters' over every rank, the experts' over their expert-data-parallel group.
   const N edp = static_cast<N>(world_size) / EP;

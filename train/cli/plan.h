@@ -22,8 +22,8 @@ struct PlanOf {
   // estimate, measured against by scripts/bench_memory.sh: docs/performance.md), by train.dtype,
   // train.recompute and train.shard_optimizer.
   N param_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0;
-  // The buffer gradients are reduced through (one bucket at a time) and the weight gradients of one
-  // layer that backward makes before adding them in.
+  // The buffer gradients are reduced through, one bucket at a time (32 MiB, or the largest tensor), and
+  // the weight gradients of one layer that backward makes before adding them in.
   N buffer_bytes = 0;
   // Bytes each rank sends through all-to-all per optimizer step: dispatch and combine, forward and
   // backward, every MoE layer and micro-batch, with tokens spread evenly over the experts.
