@@ -43,11 +43,12 @@ void check_memory(const Config& config, int world_size, const at::Device& device
 double measure_gemm_peak(const at::Device& device, at::ScalarType dtype, double seconds) {
   at::NoGradGuard no_grad;
   const int64_t n = device.is_cuda() ? 8192 : 1536;
-  const at::TensorOptions options = at::TensorOptions().dtype(dtype).device(device);
-  const at::Tensor a = at::randn({n, n}, options.dtype(at::kFloat)).to(dtype), b = at::randn({n, n}, options.dtype(at::kFloat)).to(dtype);
-  at::Tensor c = at::empty({n, n}, options);
+  const int products = device.is_cuda() ? 10 : 1;  // per timing: a GPU's product takes ~1 ms
+  const at::TensorOptions options = at::TensorOptions().dtype(at::kFloat).device(device);
+  const at::Tensor a = at::randn({n, n}, options).to(dtype), b = at::randn({n, n}, options).to(dtype);
+  at::Tensor c = at::empty({n, n}, options.dtype(dtype));
   const auto sync = [&] {
-    if (device.is_cuda()) c.sum().item<double>();  // waits for the queued products
+    if (device.is_cuda()) torch::cuda::synchronize();
   };
   at::mm_out(c, a, b);  // warm-up: the kernel's first call and the output's first touch
   sync();
@@ -55,10 +56,10 @@ double measure_gemm_peak(const at::Device& device, at::ScalarType dtype, double 
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < 3 || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (int k = 0; k < (device.is_cuda() ? 10 : 1); ++k) at::mm_out(c, a, b);
+    for (int k = 0; k < products; ++k) at::mm_out(c, a, b);
     sync();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, (device.is_cuda() ? 10.0 : 1.0) * 2.0 * n * n * n / s);
+    best = std::max(best, products * 2.0 * n * n * n / s);
   }
   return best;
 }

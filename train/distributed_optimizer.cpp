@@ -105,14 +105,15 @@ void DistributedOptimizer::step(double lr) {
   at::NoGradGuard no_grad;
   ++step_;
   for (Bucket& b : buckets_) {
+    const bool gather = size_of(b.comm) > 1;  // else the whole bucket was this rank's, updated in place
     at::Tensor flat = view_of(buffer_, b.numel, at::kFloat);
     for (const Segment& s : b.segments) {
       at::Tensor part = params_[s.param].view({-1}).narrow(0, s.param_offset, s.numel);
       adamw_update(part, b.grad.narrow(0, s.chunk_offset, s.numel), b.exp_avg.narrow(0, s.chunk_offset, s.numel),
                    b.exp_avg_sq.narrow(0, s.chunk_offset, s.numel), decay_[s.param], lr, step_, options_);
-      flat.narrow(0, b.chunk_begin + s.chunk_offset, s.numel).copy_(part);
+      if (gather) flat.narrow(0, b.chunk_begin + s.chunk_offset, s.numel).copy_(part);
     }
-    if (size_of(b.comm) == 1) continue;  // the whole bucket was this rank's
+    if (!gather) continue;
     b.comm->all_gather_in_place(flat);
     int64_t offset = 0;
     for (size_t i : b.params) {
