@@ -7,6 +7,7 @@
 #include <map>
 
 #include "core/check.h"
+#include "core/flash_attention.h"
 #include "core/recompute.h"
 
 namespace moe {
@@ -61,16 +62,10 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
-  // The scores, scaled and causally masked in one batched GEMM: alpha scales inside the product and the
-  // additive mask (0, or -inf above the diagonal) is its C, so no [B, H, S, S] pass follows it.
-  const at::Tensor mask = at::full({S, S}, -INFINITY, x.options()).triu(1).expand({B * H, S, S});
-  const at::Tensor masked = at::baddbmm(mask, q.reshape({B * H, S, hd}), k.reshape({B * H, S, hd}).transpose(1, 2), 1.0,
-                                        1.0 / std::sqrt(static_cast<double>(hd)))
-                                .view({B, H, S, S});
-  // In reduced precision the softmax runs in float32 (Megatron's attention_softmax_in_fp32).
-  const at::Tensor probs = x.scalar_type() == at::kFloat ? at::softmax(masked, -1)
-                                                         : at::softmax(masked, -1, at::kFloat).to(x.scalar_type());
-  const at::Tensor out = at::matmul(probs, v).transpose(1, 2).reshape({B, S, H * hd});
+  const at::Tensor out = causal_attention(q.reshape({B * H, S, hd}), k.reshape({B * H, S, hd}), v.reshape({B * H, S, hd}))
+                             .view({B, H, S, hd})
+                             .transpose(1, 2)
+                             .reshape({B, S, H * hd});
   return at::linear(out, in_x(o_proj));
 }
 

@@ -10,10 +10,16 @@ for dt in float32 bfloat16; do
     2>"$WORK/$dt.log" || { cat "$WORK/$dt.log"; fail "train.dtype=$dt"; }
 done
 grep -q "compute in bfloat16" "$WORK/bfloat16.log" || fail "the bf16 run does not say it computes in bfloat16"
-# The bound: the mean training loss of every 10 steps within 2% of float32's, and the validation loss at
-# step 100 within 0.5%. Single steps stray further where tiny's loss spikes (measured up to 4.6% at one
-# step; docs/performance.md): bf16 keeps 8 significant bits, and the rounded gradients move the
-# trajectory a little, which a spike magnifies for a few steps. The float32 masters keep it from drifting.
+# The bounds. Step 1, before any trajectory can part: the loss within 1e-4 of float32's (measured
+# 6.5e-6 relative). Over 100 steps: the mean training loss of every 10 steps within 2% of float32's, and
+# the validation loss at step 100 within 2%. The trajectories part by chance, in either direction: bf16
+# keeps 8 significant bits, the rounded gradients move the path a little, and tiny's loss spikes magnify
+# that for a few steps (single steps measured up to 4.6% apart; docs/performance.md). Validation at step
+# 100 over seeds 1-4 (2026-11-30): -1.3%, -0.2%, +0.9%, +0.3%, and with the materialised attention
+# before FlashAttention +0.1%, -0.6%, -0.4%, +0.6%. The float32 masters keep it from drifting further.
+paste -d' ' <(field "$WORK/float32/metrics.jsonl" train loss) <(field "$WORK/bfloat16/metrics.jsonl" train loss) | head -1 |
+  awk '{ d = ($2 - $1) / $1; if (d < 0) d = -d; printf "bf16: step 1 loss %.6f vs float32 %.6f (%.1e)\n", $2, $1, d; exit !(d <= 1e-4) }' ||
+  fail "bf16's first loss leaves the 1e-4 bound"
 paste -d' ' <(field "$WORK/float32/metrics.jsonl" train loss) <(field "$WORK/bfloat16/metrics.jsonl" train loss) |
   awk '{ a += $1; b += $2; d = ($2 - $1) / $1; if (d < 0) d = -d; if (d > one) { one = d; at = NR }
          if (NR % 10 == 0) { w = (b - a) / a; if (w < 0) w = -w; if (w > m) { m = w; s = NR }; a = 0; b = 0 } } END {
@@ -21,8 +27,8 @@ paste -d' ' <(field "$WORK/float32/metrics.jsonl" train loss) <(field "$WORK/bfl
     exit !(NR == 100 && m <= 0.02) }' ||
   fail "bf16 training losses leave the 2% bound"
 paste -d' ' <(field "$WORK/float32/metrics.jsonl" eval loss) <(field "$WORK/bfloat16/metrics.jsonl" eval loss) | tail -1 |
-  awk '{ d = ($2 - $1) / $1; if (d < 0) d = -d; printf "bf16: validation loss at step 100 %.5f vs float32 %.5f (%.2e)\n", $2, $1, d; exit !(d <= 0.005) }' ||
-  fail "bf16 validation loss leaves the 0.5% bound"
+  awk '{ d = ($2 - $1) / $1; if (d < 0) d = -d; printf "bf16: validation loss at step 100 %.5f vs float32 %.5f (%.2e)\n", $2, $1, d; exit !(d <= 0.02) }' ||
+  fail "bf16 validation loss leaves the 2% bound"
 # Resume: the bf16 run cut back to its step-50 checkpoint and resumed reaches the same step 100.
 cp -r "$WORK/bfloat16" "$WORK/cut"
 rm -rf "$WORK/cut/checkpoints/step_00000100"
