@@ -17,6 +17,16 @@ namespace moe {
 
 enum class ReduceOp { kSum, kMax };
 
+// A collective in flight (Communicator::all_reduce_async). wait() finishes it and throws what the
+// blocking form would have thrown; done() asks without waiting, and lets MPI move it along. Destroying
+// an unfinished one waits for it.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
+  virtual bool done() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -30,6 +40,11 @@ class Communicator {
   virtual void broadcast(at::Tensor& tensor, int root) = 0;
   // In place, elementwise over ranks.
   virtual void all_reduce(at::Tensor& tensor, ReduceOp op) = 0;
+  // all_reduce, returning once the operation has started so that work can go on while it runs (DDP's
+  // gradient buckets reduced during backward). The tensor is off limits until wait(). The base form
+  // completes it before returning: right for NCCL, whose collectives already run on their own stream
+  // and return to the host at once.
+  virtual std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op);
   // Every rank's tensor (all the same shape), stacked along a new leading dimension: [size, ...].
   virtual at::Tensor all_gather(const at::Tensor& tensor) = 0;
   // `buffer` holds size() equal chunks in rank order; each rank's chunk rank() reaches every rank, in

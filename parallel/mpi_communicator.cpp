@@ -148,6 +148,45 @@ void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   }
 }
 
+namespace {
+
+class MpiPending : public PendingCollective {
+ public:
+  MpiPending(MPI_Request request, at::Tensor tensor, const std::string* group)
+      : request_(request), tensor_(std::move(tensor)), group_(group) {}
+  ~MpiPending() override {
+    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);  // errors: the job is ending
+  }
+  void wait() override {
+    if (request_ == MPI_REQUEST_NULL) return;
+    watchdog::Collective watched("all_reduce", group_);
+    MOE_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
+  }
+  bool done() override {
+    if (request_ == MPI_REQUEST_NULL) return true;
+    int flag = 0;
+    MOE_MPI_CHECK(MPI_Test(&request_, &flag, MPI_STATUS_IGNORE));
+    return flag != 0;
+  }
+
+ private:
+  MPI_Request request_;
+  at::Tensor tensor_;  // kept alive while MPI writes into it
+  const std::string* group_;
+};
+
+}  // namespace
+
+std::unique_ptr<PendingCollective> MpiCommunicator::all_reduce_async(at::Tensor& tensor, ReduceOp op) {
+  if (tensor.is_cuda() || tensor.numel() > kMaxCount) return Communicator::all_reduce_async(tensor, op);
+  check_cpu_contiguous(tensor, "all_reduce", "tensor");
+  MPI_Request request = MPI_REQUEST_NULL;
+  MOE_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, tensor.data_ptr(), static_cast<int>(tensor.numel()),
+                               reduce_type(tensor.scalar_type()), op == ReduceOp::kSum ? MPI_SUM : MPI_MAX, comm_,
+                               &request));
+  return std::make_unique<MpiPending>(request, tensor, &name_);
+}
+
 at::Tensor MpiCommunicator::all_gather(const at::Tensor& tensor) {
   watchdog::Collective watched("all_gather", &name_);
   if (tensor.is_cuda()) return all_gather(host_copy(0, tensor)).to(tensor.device());

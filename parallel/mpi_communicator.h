@@ -48,6 +48,8 @@ class MpiCommunicator : public Communicator {
   void barrier() override;
   void broadcast(at::Tensor& tensor, int root) override;
   void all_reduce(at::Tensor& tensor, ReduceOp op) override;
+  // MPI_Iallreduce for a CPU tensor of up to INT_MAX elements (others: the blocking form).
+  std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
   at::Tensor all_gather(const at::Tensor& tensor) override;
   void all_gather_in_place(at::Tensor& buffer) override;
   void reduce_scatter(const at::Tensor& input, at::Tensor& output, ReduceOp op) override;

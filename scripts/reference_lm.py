@@ -9,6 +9,10 @@ can be set beside ours step for step.
 
   /usr/bin/python3 scripts/reference_lm.py --model moe|dense --out runs/reference-moe [--steps 1500]
 
+--world N runs it data-parallel, as PyTorch users run on several processes: start N processes with --rank
+0..N-1 (gloo, DistributedDataParallel over 127.0.0.1); each trains its 1/N of every global batch with the
+whole model, and rank 0 writes the metrics. scripts/speed_vs_reference.sh sets it beside `moe train`.
+
 --init-from DIR starts from the weights of a Hugging Face export of a moe checkpoint (`moe export`) instead
 of its own random ones: with the same initial weights and batches, the two loss curves must agree until
 floating-point rounding sets them apart, which checks the two implementations step for step.
@@ -191,6 +195,9 @@ def main():
     p.add_argument("--data", default="data/brown")
     p.add_argument("--init-from", help="a Hugging Face export of a moe checkpoint to start from")
     p.add_argument("--init-seed", type=int, default=1234, help="seed of the random initial weights")
+    p.add_argument("--world", type=int, default=1, help="data-parallel processes")
+    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--port", type=int, default=29511)
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     a.hidden, a.layers, a.heads, a.seq_len, a.batch = 256, 4, 4, 256, 16
@@ -204,12 +211,18 @@ def main():
     model = LM(a)
     if a.init_from:
         load_export(model, a.init_from)
+    net = model
+    if a.world > 1:
+        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{a.port}", rank=a.rank,
+                                             world_size=a.world)
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    per_rank = a.batch // a.world
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
     os.makedirs(a.out, exist_ok=True)
-    log = open(os.path.join(a.out, "metrics.jsonl"), "w")
+    log = open(os.path.join(a.out, "metrics.jsonl") if a.rank == 0 else os.devnull, "w")
     start = time.time()
     for step in range(1, a.steps + 1):
         if step <= warmup:
@@ -218,8 +231,9 @@ def main():
             rate = min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (step - warmup) / (a.steps - warmup)))
         for g in opt.param_groups:
             g["lr"] = rate
-        x, y = windows(train, train_offsets(seed, step, a.batch, a.seq_len, len(train)), a.seq_len)
-        loss, aux = model(x, y)
+        offsets = train_offsets(seed, step, a.batch, a.seq_len, len(train))
+        x, y = windows(train, offsets[a.rank * per_rank:(a.rank + 1) * per_rank], a.seq_len)
+        loss, aux = net(x, y)
         opt.zero_grad(set_to_none=True)
         (loss + 0.01 * aux).backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -227,7 +241,7 @@ def main():
         rec = {"kind": "train", "step": step, "loss": loss.item(), "grad_norm": norm.item(),
                "elapsed_s": time.time() - start}
         log.write(json.dumps(rec) + "\n")
-        if step % 100 == 0:
+        if step % 100 == 0 and a.rank == 0:
             with torch.no_grad():
                 ev = sum(model(vx[i:i + 16], vy[i:i + 16])[0].item() for i in range(0, 256, 16)) / 16
             log.write(json.dumps({"kind": "eval", "step": step, "loss": ev}) + "\n")

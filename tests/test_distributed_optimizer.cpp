@@ -50,7 +50,7 @@ void check(int ep, int64_t bucket_bytes) {
   Model a(dims), b(dims);
   const AdamWOptions options{0.9, 0.95, 1e-8, 0.1};
   const std::unique_ptr<Optimizer> replicated =
-      make_optimizer(a.records, world(), groups.ep.get(), groups.edp.get(), options, false);
+      make_optimizer(a.records, world(), groups.ep.get(), groups.edp.get(), options);
   DistributedOptimizer sharded(b.records, world(), groups.edp.get(), options, bucket_bytes);
   for (int step = 1; step <= 3; ++step) {
     a.set_grads(me, step);

@@ -55,11 +55,12 @@ TEST(Plan, ActivationsByRecomputeByHand) {
   // tiny: D 64, 4 heads of 16, 2 KV heads, S 32, 4 SwiGLU experts of 64, top-2, vocab 256; a
   // micro-batch of 2 x 32 = 64 tokens. Bytes a block keeps per token in float32:
   //   each norm 2 x 64 floats: 512; attention: norm + (q, k before and after rotation 2 x 64 + 2 x 32,
-  //   v 32, heads' output 64, residual 64) floats + probabilities 4 x 32 floats = 512 + 1408 + 512 = 2432;
+  //   v 32, heads' output 64, residual 64) floats + FlashAttention's output and log-sum-exp 4 x (16 + 1)
+  //   floats = 512 + 1408 + 272 = 2192;
   //   MoE: norm 512 + router (3 x 4 + 2 x 2) floats 64 + copies 4 x 2 x 64 and residual 64 floats 2304 +
-  //   the experts' 2 copies x 4 x 64 floats 2048 = 4928. Block 7360; with its input 7616.
+  //   the experts' 2 copies x 4 x 64 floats 2048 = 4928. Block 7120; with its input 7376.
   // Logits, log-softmax and gradient 3 x 256 floats: 3072; one exchange's send buffer 2 x 64 floats: 512.
-  const int64_t T = 64, block = 2432 + 4928, experts = 2048, input = 256, logits = 3072, send = 512;
+  const int64_t T = 64, block = 2192 + 4928, experts = 2048, input = 256, logits = 3072, send = 512;
   EXPECT_EQ(make_plan(small({}), 1).activation_bytes, T * (2 * (input + block) + logits + send));
   // moe: the experts' buffers go; one layer's come back while its experts are replayed.
   EXPECT_EQ(make_plan(small({"train.recompute=moe"}), 1).activation_bytes,
@@ -67,20 +68,22 @@ TEST(Plan, ActivationsByRecomputeByHand) {
   // full: each block keeps its input; one whole block is replayed at a time.
   EXPECT_EQ(make_plan(small({"train.recompute=full"}), 1).activation_bytes, T * (2 * input + block + logits + send));
   // bfloat16: 2-byte activations, float32 where the code computes in float32: each norm its float32
-  // input, product and bf16 output (640), the probabilities in both (6 x 128); the logits float32 after
-  // a bf16 first. Attention 640 + 704 + 768, MoE 640 + 64 + 1152 + 1024: block 4992, input 128.
+  // input, product and bf16 output (640), the attention's output and log-sum-exp in float32 (272); the
+  // logits float32 after a bf16 first. Attention 640 + 704 + 272, MoE 640 + 64 + 1152 + 1024: block
+  // 4496, input 128.
   const Plan bf16 = make_plan(small({"train.dtype=bfloat16"}), 1);
-  EXPECT_EQ(bf16.activation_bytes, T * (2 * (128 + 4992) + (12 + 2) * 256 + 256));
+  EXPECT_EQ(bf16.activation_bytes, T * (2 * (128 + 4496) + (12 + 2) * 256 + 256));
   // Weights gain the bf16 copies of every matmul weight (kept for backward): the head 256 x 64 and per
   // layer the projections 2 x 64 x 64 + 2 x 64 x 32 and the experts 4 x 3 x 64 x 64.
   EXPECT_EQ(bf16.param_bytes, 4 * bf16.params_per_rank + 2 * (256 * 64 + 2 * (12288 + 49152)));
   EXPECT_EQ(bf16.grad_bytes, 4 * bf16.params_per_rank);
-  // Buffers: the gradient bucket (all of tiny's gradients, under 32 MiB) and the largest of a layer's and
-  // the head's new gradients (4 bytes, 6 in bf16: the bf16 gradient and its float32 conversion).
+  // Buffers: no gradient bucket (unsharded, the gradients live in GradSync's buckets), and the largest of
+  // a layer's and the head's new gradients (4 bytes, 6 in bf16: the bf16 gradient and its float32
+  // conversion).
   const Plan f32 = make_plan(small({}), 1);
   const int64_t layer = 12288 + 49152 + 4 * 64 + 2 * 64;
-  EXPECT_EQ(f32.buffer_bytes, f32.grad_bytes + 4 * layer);
-  EXPECT_EQ(bf16.buffer_bytes, bf16.grad_bytes + 6 * layer);
+  EXPECT_EQ(f32.buffer_bytes, 4 * layer);
+  EXPECT_EQ(bf16.buffer_bytes, 6 * layer);
   // The all-to-all carries bf16 rows: half the bytes.
   const std::string tiny = std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml";
   const Plan f32_ep2 = make_plan(load_config(tiny, {"parallel.expert_parallel_size=2"}, 2), 2);
@@ -99,7 +102,10 @@ TEST(Plan, ShardedOptimizerSplitsTheStateOverItsGroups) {
   const int64_t experts = 2 * 2 * 3 * 64 * 64, dense = whole.params_per_rank - experts;
   EXPECT_EQ(whole.optimizer_bytes, 8 * whole.params_per_rank);
   EXPECT_EQ(sharded.optimizer_bytes, 12 * ((dense + 3) / 4 + experts / 2));
-  EXPECT_EQ(sharded.total_bytes() - sharded.optimizer_bytes, whole.total_bytes() - whole.optimizer_bytes);
+  // All else alike but the reduce-scatter's buffer, one bucket (here all of tiny's gradients): unsharded,
+  // the gradients are reduced where they live, in GradSync's buckets.
+  EXPECT_EQ(sharded.total_bytes() - sharded.optimizer_bytes,
+            whole.total_bytes() - whole.optimizer_bytes + sharded.grad_bytes);
 }
 
 TEST(Plan, StepEstimateOnHardwareByHand) {

@@ -42,8 +42,12 @@ namespace {
 class ReplicatedOptimizer : public Optimizer {
  public:
   ReplicatedOptimizer(const ParameterList& params, Communicator& world, Communicator* ep_group,
-                      Communicator* edp_group, const AdamWOptions& options)
-      : params_(params), ep_group_(ep_group), sync_(params, world, edp_group), adamw_(params, options) {}
+                      Communicator* edp_group, const AdamWOptions& options, const GradReduceOptions& reduce)
+      : params_(params),
+        ep_group_(ep_group),
+        sync_(params, world, edp_group, reduce.bucket_bytes, reduce.overlap),
+        adamw_(params, options) {}
+  void reduce_in_next_backward() override { sync_.reduce_in_next_backward(); }
   at::Tensor reduce_gradients() override {
     sync_.sync();
     return grad_square_sums(params_, ep_group_);
@@ -65,9 +69,10 @@ class ReplicatedOptimizer : public Optimizer {
 }  // namespace
 
 std::unique_ptr<Optimizer> make_optimizer(const ParameterList& params, Communicator& world, Communicator* ep_group,
-                                          Communicator* edp_group, const AdamWOptions& options, bool shard) {
-  if (shard) return std::make_unique<DistributedOptimizer>(params, world, edp_group, options);
-  return std::make_unique<ReplicatedOptimizer>(params, world, ep_group, edp_group, options);
+                                          Communicator* edp_group, const AdamWOptions& options,
+                                          const GradReduceOptions& reduce) {
+  if (reduce.shard) return std::make_unique<DistributedOptimizer>(params, world, edp_group, options);
+  return std::make_unique<ReplicatedOptimizer>(params, world, ep_group, edp_group, options, reduce);
 }
 
 double learning_rate(int64_t step, int64_t total_steps, int64_t warmup_steps, double lr, double min_lr) {

@@ -54,6 +54,9 @@ class Optimizer {
   virtual at::Tensor reduce_gradients() = 0;
   // Scales the reduced gradients by max_norm / norm when norm exceeds max_norm (0: never), as clip_grads.
   virtual void clip(const at::Tensor& norm, double max_norm) = 0;
+  // Before the last micro-batch's backward: let that backward start reducing gradient buckets as they
+  // complete (train.overlap_grad_reduce). Local; does nothing where reduction waits for reduce_gradients.
+  virtual void reduce_in_next_backward() {}
   // Applies the update with learning rate `lr` to every rank's parameters.
   virtual void step(double lr) = 0;
   virtual int64_t steps() const = 0;
@@ -65,10 +68,18 @@ class Optimizer {
   virtual void scatter_state(const OptimizerState& state) = 0;
 };
 
-// `shard` false: GradSync over `world` and `edp_group` and AdamW on every rank's whole state; true: the
-// DistributedOptimizer. `ep_group` (null: EP 1) sums the expert part of the norm.
+// How gradients are reduced over the data-parallel ranks.
+struct GradReduceOptions {
+  bool shard = false;                // ZeRO-1: the DistributedOptimizer
+  bool overlap = false;              // unsharded: buckets reduced during backward (GradSync)
+  int64_t bucket_bytes = 32 << 20;  // unsharded: GradSync's bucket size
+};
+
+// Unsharded: GradSync over `world` and `edp_group` and AdamW on every rank's whole state; sharded: the
+// DistributedOptimizer. `ep_group` (null: EP 1) sums the expert part of the norm. Collective.
 std::unique_ptr<Optimizer> make_optimizer(const ParameterList& params, Communicator& world, Communicator* ep_group,
-                                          Communicator* edp_group, const AdamWOptions& options, bool shard);
+                                          Communicator* edp_group, const AdamWOptions& options,
+                                          const GradReduceOptions& reduce = {});
 
 // Linear warm-up from lr / warmup to lr over steps 1..warmup, then cosine decay to min_lr at the last
 // step. `step` counts from 1.

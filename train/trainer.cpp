@@ -121,8 +121,11 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
   ao.beta2 = t.beta2;
   ao.eps = t.adam_eps;
   ao.weight_decay = t.weight_decay;
-  optimizer_ = make_optimizer(model_->parameter_records(), world_, groups_.ep.get(), groups_.edp.get(), ao,
-                              t.shard_optimizer);
+  GradReduceOptions reduce;
+  reduce.shard = t.shard_optimizer;
+  reduce.overlap = t.overlap_grad_reduce;
+  reduce.bucket_bytes = static_cast<int64_t>(t.grad_bucket_mb * (1 << 20));
+  optimizer_ = make_optimizer(model_->parameter_records(), world_, groups_.ep.get(), groups_.edp.get(), ao, reduce);
 
   if (!resume.empty()) {
     OptimizerState moments = optimizer_->gather_state();  // collective: outside the agreement below
@@ -183,7 +186,11 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
                flops_per_token_, peak_dtype == at::kBFloat16 ? "bfloat16" : "float32", gemm_peak_ / 1e9);
   if (t.shard_optimizer) {
     spdlog::info("optimizer: AdamW, its state sharded (ZeRO-1): the dense parameters' over {} ranks, the experts' over "
-                 "{}", world.size(), dims_.edp_size);
+                 "{}; gradients reduce-scattered after backward{}", world.size(), dims_.edp_size,
+                 t.overlap_grad_reduce ? " (train.overlap_grad_reduce applies to the unsharded optimizer only)" : "");
+  } else {
+    spdlog::info("optimizer: AdamW; gradients all-reduced in buckets of {} MiB, {}", t.grad_bucket_mb,
+                 t.overlap_grad_reduce ? "each started during backward once complete" : "after backward");
   }
   spdlog::info("data: {} ({} tokens), validation {} ({} tokens)", train_data_->path(), train_data_->size(),
                val_data_->path(), val_data_->size());
@@ -280,6 +287,7 @@ StepStats Trainer::train_step(int64_t step) {
         at::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}), targets.reshape({-1}));
     if (step == fault_nonfinite_step_ && world_.rank() == world_.size() - 1) lm_loss = lm_loss * NAN;
     const at::Tensor loss = (lm_loss + out.router_loss) / static_cast<double>(accumulation_);
+    if (micro == accumulation_ - 1) optimizer_->reduce_in_next_backward();
     {
       ScopedPhase timer(times, &PhaseTimes::backward);
       loss.backward();

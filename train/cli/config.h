@@ -65,6 +65,8 @@ struct TrainOptions {
   Recompute recompute = Recompute::kNone;  // what backward recomputes instead of keeping
   TrainDtype dtype = TrainDtype::kFloat32;
   bool shard_optimizer = false;    // ZeRO-1: AdamW's state split over the data-parallel ranks
+  bool overlap_grad_reduce = true;  // unsharded: gradient buckets all-reduced during backward
+  double grad_bucket_mb = 32;      // unsharded: MiB of gradients per all-reduce
   bool profile = false;            // per-phase step times in metrics.jsonl
   OnNonFinite on_nonfinite = OnNonFinite::kStop;
   int64_t max_skipped_steps = 10;  // with on_nonfinite skip: the run stops at the next one
@@ -124,6 +126,8 @@ void visit_job_options(C& c, Visitor& v) {  // C: Config, const or not
   v.choice("train.recompute", t.recompute);
   v.choice("train.dtype", t.dtype);
   v.boolean("train.shard_optimizer", t.shard_optimizer);
+  v.boolean("train.overlap_grad_reduce", t.overlap_grad_reduce);
+  v.real("train.grad_bucket_mb", t.grad_bucket_mb, 0, false, 1 << 20);
   v.boolean("train.profile", t.profile);
   v.choice("train.on_nonfinite", t.on_nonfinite);
   v.integer("train.max_skipped_steps", t.max_skipped_steps, 0);

@@ -104,12 +104,14 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
     p.param_bytes += 2 * cast;
   }
   p.grad_bytes = 4 * p.params_per_rank;
-  // Gradients are reduced bucket by bucket through one buffer (GradSync's, or the sharded optimizer's):
-  // buckets of up to 32 MiB, but a larger tensor makes a bucket of its own (the embedding, the head, a
-  // layer's stack of local experts' matrices).
+  // Unsharded, the gradients live in GradSync's buckets (.grad is a view), so reducing them needs no
+  // buffer. The sharded optimizer reduce-scatters through one buffer: buckets of up to 32 MiB, but a
+  // larger tensor makes a bucket of its own (the embedding, the head, a layer's stack of local experts'
+  // matrices).
   N largest_tensor = std::max({V * D, D * H * hd, experts_per_rank * D * F, static_cast<N>(o.moe.num_shared_experts) * D * F});
   if (p.num_moe_layers < static_cast<N>(o.num_layers)) largest_tensor = std::max(largest_tensor, D * static_cast<N>(o.ffn_hidden_size));
-  const N bucket = std::min<N>(std::max<N>(N{33554432}, 4 * largest_tensor), p.grad_bytes);
+  const N bucket =
+      c.train.shard_optimizer ? std::min<N>(std::max<N>(N{33554432}, 4 * largest_tensor), p.grad_bytes) : N{0};
   // AdamW's two float32 moments; sharded (ZeRO-1), those and the reduced gradient of each rank's part:
   // the dense parameters' over every rank, the experts' over their expert-data-parallel group.
   const N edp = static_cast<N>(world_size) / EP;
@@ -219,7 +221,9 @@ std::string describe(const Plan& p, const Config& c, int world_size, int64_t gpu
   out += "  activations  " + gib(p.activation_bytes) + "  (one micro-batch of " +
          std::to_string(c.train.micro_batch_size) + " x " + std::to_string(c.data.seq_len) + " tokens, recompute " +
          enum_name(c.train.recompute) + ", " + enum_name(c.train.dtype) + ", estimate)\n";
-  out += "  buffers      " + gib(p.buffer_bytes) + "  (the gradient bucket being reduced, one layer's new gradients)\n";
+  out += "  buffers      " + gib(p.buffer_bytes) +
+         (c.train.shard_optimizer ? "  (the gradient bucket being reduced, one layer's new gradients)\n"
+                                  : "  (one layer's new gradients; gradients are reduced where they live)\n");
   out += "  total        " + gib(p.total_bytes()) + "\n";
   out += "all-to-all: " + gib(p.a2a_bytes_per_step) + " sent per rank per step\n";
   if (gpu_memory > 0) {
