@@ -215,7 +215,11 @@ def main():
     if a.world > 1:
         torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{a.port}", rank=a.rank,
                                              world_size=a.world)
-        net = torch.nn.parallel.DistributedDataParallel(model)
+        # Every rank builds the same weights from the same seed; gloo cannot broadcast the bool masks.
+        masks = [n for n, b in model.named_buffers() if b.dtype == torch.bool]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, masks)
+        # An expert no token chose on this rank gets no gradient: DDP must look for unused parameters.
+        net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=True)
     per_rank = a.batch // a.world
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
