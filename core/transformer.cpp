@@ -8,6 +8,7 @@
 
 #include "core/check.h"
 #include "core/flash_attention.h"
+#include "core/fused_kernels.h"
 #include "core/recompute.h"
 
 namespace moe {
@@ -18,10 +19,7 @@ RMSNormImpl::RMSNormImpl(int64_t hidden_size, double eps) : eps_(eps) {
   weight = register_parameter("weight", at::ones({hidden_size}, at::kFloat));
 }
 
-at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
-  const at::Tensor xf = x.to(at::kFloat);
-  return (xf * at::rsqrt(xf.square().mean(-1, true) + eps_) * weight).to(x.scalar_type());
-}
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) { return rms_norm(x, weight, eps_); }
 
 at::Tensor apply_rope(const at::Tensor& x, double theta) {
   MOE_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, "rope: expected [B, S, H, head_dim] with an even head_dim, got ",
@@ -30,9 +28,7 @@ at::Tensor apply_rope(const at::Tensor& x, double theta) {
   const auto opts = x.options().dtype(at::kFloat);
   const at::Tensor inv_freq = at::pow(theta, at::arange(0, half, opts) * (-2.0 / static_cast<double>(2 * half)));
   const at::Tensor angles = at::outer(at::arange(S, opts), inv_freq);  // [S, hd/2]
-  const at::Tensor cos = angles.cos().view({1, S, 1, half}), sin = angles.sin().view({1, S, 1, half});
-  const at::Tensor x1 = x.narrow(3, 0, half), x2 = x.narrow(3, half, half);
-  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, 3).to(x.scalar_type());
+  return rotate_half(x.contiguous(), angles.cos(), angles.sin());
 }
 
 AttentionImpl::AttentionImpl(const TransformerOptions& options) : options_(options) {

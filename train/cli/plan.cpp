@@ -30,14 +30,14 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
   const N b = bf16 ? 2 : 4, f = 4;  // bytes of an activation, of a float32
   const N S = c.data.seq_len, T = static_cast<N>(c.train.micro_batch_size) * S;
   // Bytes a block keeps for backward per token, besides its input, counted from what its autograd
-  // nodes save (moe's own modules): each RMSNorm its float32 product and output (in bf16 also the
-  // float32 copy of its input, and a bf16 output); attention q and k before and after rotation, v,
+  // nodes save (moe's own modules): each RMSNorm its output (its input is counted where it is made) and
+  // its float32 reciprocal RMS (core/fused_kernels.h); attention q and k before and after rotation, v,
   // FlashAttention's float32 output and log-sum-exp (no [S, S] probabilities), the heads' output and the
   // residual sum; the router's float32 logits, probabilities and gates; the routed copies received, regrouped,
   // out of the experts and back (4 x D each); per copy SwiGLU's four F-wide buffers (GELU's two); the
   // shared experts' the same on every token. The expert FFNs' part is what train.recompute moe gives
   // back.
-  const N norm = bf16 ? (2 * f + b) * D : 2 * f * D;
+  const N norm = b * D + f;
   const N attention_saved = norm + b * (2 * H * hd + 2 * KV * hd + KV * hd + H * hd + D) + f * H * (hd + 1);
   const N per_copy = b * (expert_matrices == 3 ? 4 : 2) * F;
   const N shared_saved = static_cast<N>(o.moe.num_shared_experts) * per_copy;

@@ -1,0 +1,19 @@
+#pragma once
+// RMSNorm and rotary embedding as single passes over memory. In ATen's terms each is 6-14 kernels, every
+// one a pass over the activations and a fresh tensor (measured 6 ms per RMSNorm and 5 ms per rotation,
+// forward and backward, at brown-moe's shapes on one core). On the CPU, for contiguous float32 or bf16
+// activations, these compute forward in one pass and backward in one (custom autograd functions, float
+// arithmetic, row sums in double). Elsewhere (a GPU, other layouts) they run the same formula in ATen ops.
+#include <ATen/ATen.h>
+
+namespace moe {
+
+// x / sqrt(mean(x^2, last dim) + eps) * weight, computed in float32, returned in x's dtype. weight:
+// float32 [x.size(-1)].
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// The rotate-half rotation of x [B, S, H, head_dim] by angles [S, head_dim / 2] (float32): the first
+// half becomes x1 cos - x2 sin, the second x2 cos + x1 sin. Float32 arithmetic, x's dtype out.
+at::Tensor rotate_half(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+}  // namespace moe
