@@ -39,6 +39,25 @@ TEST(AdamW, MatchesTheFormulaInFloat64) {
   EXPECT_EQ(adam.steps(), 2);
 }
 
+TEST(AdamW, TheFusedLoopAgreesWithTheATenFormula) {
+  // adamw_update runs one fused loop on contiguous float32 CPU tensors and ATen's ops otherwise (a
+  // GPU, or here a transposed view): the two must agree to float32 rounding, step after step.
+  at::manual_seed(31);
+  const AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  const at::Tensor p0 = at::randn({40, 30});
+  at::Tensor p = p0.clone(), m = at::zeros_like(p), v = at::zeros_like(p);
+  at::Tensor pt = p0.t().contiguous().t(), mt = at::zeros_like(pt).t().contiguous().t(), vt = mt.clone();
+  ASSERT_FALSE(pt.is_contiguous());
+  for (int step = 1; step <= 5; ++step) {
+    const at::Tensor g = at::randn({40, 30}) * (step % 2 ? 1e-3 : 10.0);
+    adamw_update(p, g, m, v, true, 1e-2, step, o);
+    adamw_update(pt, g, mt, vt, true, 1e-2, step, o);
+  }
+  EXPECT_TRUE(testing::close(p, pt, 1e-6));
+  EXPECT_TRUE(testing::close(m, mt, 1e-6));
+  EXPECT_TRUE(testing::close(v, vt, 1e-6));
+}
+
 TEST(LearningRate, WarmupThenCosine) {
   EXPECT_DOUBLE_EQ(learning_rate(1, 100, 10, 1e-3, 1e-4), 1e-4);
   EXPECT_DOUBLE_EQ(learning_rate(10, 100, 10, 1e-3, 1e-4), 1e-3);
