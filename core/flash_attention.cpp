@@ -11,18 +11,24 @@
 namespace moe {
 namespace {
 
-// One tile's keys: [begin, begin + size), and whether it holds the diagonal (and so needs the mask).
+// One tile's keys: [begin, begin + size), and whether it ends with the diagonal block (and so needs the
+// mask on its last columns).
 struct KeyChunk {
   int64_t begin, size;
   bool diagonal;
 };
 
-// The key chunks a query block [q0, q0 + rows) meets: the keys before q0 in chunks of `key`, then the
-// diagonal tile. Keys after the block are never visited.
-std::vector<KeyChunk> key_chunks(int64_t q0, int64_t rows, const FlashBlocks& b) {
+// The key chunks a query block [q0, q0 + rows) meets: the keys [0, q0 + rows) in chunks of `key`
+// (at least `rows`), cut from the end so that the last chunk holds the whole diagonal block. Keys after
+// the block are never visited; at S <= key every query block is one chunk, one plain softmax.
+std::vector<KeyChunk> key_chunks(int64_t q0, int64_t rows, int64_t key) {
   std::vector<KeyChunk> chunks;
-  for (int64_t k0 = 0; k0 < q0; k0 += b.key) chunks.push_back({k0, std::min(b.key, q0 - k0), false});
-  chunks.push_back({q0, rows, true});
+  for (int64_t end = q0 + rows; end > 0;) {
+    const int64_t begin = std::max<int64_t>(0, end - key);
+    chunks.push_back({begin, end - begin, end == q0 + rows});
+    end = begin;
+  }
+  std::reverse(chunks.begin(), chunks.end());
   return chunks;
 }
 
@@ -31,12 +37,14 @@ at::Tensor tile(const at::Tensor& buffer, int64_t n, int64_t rows, int64_t cols)
   return buffer.view(-1).narrow(0, 0, n * rows * cols).view({n, rows, cols});
 }
 
-// s = q_i k_c^T for queries already scaled by 1/sqrt(d); -inf above the diagonal on the diagonal tile.
+// s = q_i k_c^T for queries already scaled by 1/sqrt(d); -inf above the diagonal in the diagonal block
+// (the chunk's last `rows` columns).
 // (bmm_out rather than baddbmm with beta 0: libtorch 1.13's small-matrix path multiplies the old contents
 // by beta, and 0 * NaN is NaN.)
 void scores(at::Tensor& s, const at::Tensor& qi, const at::Tensor& kc, const at::Tensor& mask, const KeyChunk& c) {
   at::bmm_out(s, qi, kc.transpose(1, 2));
-  if (c.diagonal) s.add_(mask.narrow(0, 0, s.size(1)).narrow(1, 0, s.size(2)));
+  const int64_t rows = s.size(1);
+  if (c.diagonal) s.narrow(2, c.size - rows, rows).add_(mask.narrow(0, 0, rows).narrow(1, 0, rows));
 }
 
 struct Forward {
@@ -45,26 +53,33 @@ struct Forward {
 
 // q arrives scaled by 1/sqrt(d).
 Forward flash_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashBlocks& b) {
-  const int64_t N = q.size(0), S = q.size(1), d = q.size(2);
+  const int64_t N = q.size(0), S = q.size(1), d = q.size(2), key = std::max(b.key, b.query);
   const auto f32 = q.options().dtype(at::kFloat);
   const at::Tensor mask = at::full({b.query, b.query}, -INFINITY, f32).triu(1);
   Forward r{at::empty({N, S, d}, f32), at::empty({N, S}, f32)};
-  const at::Tensor s_buf = at::empty({N, b.query, std::max(b.key, b.query)}, f32);
+  const at::Tensor s_buf = at::empty({N, b.query, key}, f32);
   const at::Tensor acc_buf = at::empty({N, b.query, d}, f32);
   for (int64_t q0 = 0; q0 < S; q0 += b.query) {
     const int64_t rows = std::min(b.query, S - q0);
     const at::Tensor qi = q.narrow(1, q0, rows);
-    at::Tensor acc = tile(acc_buf, N, rows, d).zero_();
-    at::Tensor m = at::full({N, rows}, -INFINITY, f32), l = at::zeros({N, rows}, f32);
-    for (const KeyChunk& c : key_chunks(q0, rows, b)) {
+    at::Tensor acc = tile(acc_buf, N, rows, d), m, l;
+    for (const KeyChunk& c : key_chunks(q0, rows, key)) {
       at::Tensor s = tile(s_buf, N, rows, c.size);
       scores(s, qi, k.narrow(1, c.begin, c.size), mask, c);
+      const at::Tensor vc = v.narrow(1, c.begin, c.size);
+      if (!m.defined()) {  // the first chunk: a plain softmax's numerator
+        m = std::get<0>(s.max(-1));
+        s.sub_(m.unsqueeze(-1)).exp_();
+        l = s.sum(-1);
+        at::bmm_out(acc, s, vc);
+        continue;
+      }
       // Online softmax: rescale what the earlier chunks summed to the new running maximum.
       const at::Tensor m_new = at::maximum(m, std::get<0>(s.max(-1)));
       s.sub_(m_new.unsqueeze(-1)).exp_();
       const at::Tensor alpha = (m - m_new).exp_();
       l.mul_(alpha).add_(s.sum(-1));
-      acc.mul_(alpha.unsqueeze(-1)).baddbmm_(s, v.narrow(1, c.begin, c.size));
+      acc.mul_(alpha.unsqueeze(-1)).baddbmm_(s, vc);
       m = m_new;
     }
     r.out.narrow(1, q0, rows).copy_(acc.div_(l.unsqueeze(-1)));
@@ -80,20 +95,19 @@ struct Gradients {
 // q arrives scaled by 1/sqrt(d): dk comes out right, dq as the gradient of the scaled queries.
 Gradients flash_backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Forward& f,
                          const at::Tensor& dout, const FlashBlocks& b) {
-  const int64_t N = q.size(0), S = q.size(1), d = q.size(2);
+  const int64_t N = q.size(0), S = q.size(1), d = q.size(2), key = std::max(b.key, b.query);
   const auto f32 = q.options().dtype(at::kFloat);
   const at::Tensor mask = at::full({b.query, b.query}, -INFINITY, f32).triu(1);
   // D_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax backward's row term, without P.
   const at::Tensor D = (dout * f.out).sum(-1);
   Gradients g{at::empty({N, S, d}, f32), at::zeros({N, S, d}, f32), at::zeros({N, S, d}, f32)};
-  const int64_t cols_max = std::max(b.key, b.query);
-  const at::Tensor p_buf = at::empty({N, b.query, cols_max}, f32), dp_buf = at::empty({N, b.query, cols_max}, f32);
+  const at::Tensor p_buf = at::empty({N, b.query, key}, f32), dp_buf = at::empty({N, b.query, key}, f32);
   for (int64_t q0 = 0; q0 < S; q0 += b.query) {
     const int64_t rows = std::min(b.query, S - q0);
     const at::Tensor qi = q.narrow(1, q0, rows), doi = dout.narrow(1, q0, rows);
     const at::Tensor lse_i = f.lse.narrow(1, q0, rows).unsqueeze(-1), D_i = D.narrow(1, q0, rows).unsqueeze(-1);
     at::Tensor dqi = g.dq.narrow(1, q0, rows).zero_();
-    for (const KeyChunk& c : key_chunks(q0, rows, b)) {
+    for (const KeyChunk& c : key_chunks(q0, rows, key)) {
       const at::Tensor kc = k.narrow(1, c.begin, c.size), vc = v.narrow(1, c.begin, c.size);
       at::Tensor p = tile(p_buf, N, rows, c.size);
       scores(p, qi, kc, mask, c);

@@ -10,7 +10,7 @@ namespace moe {
 
 struct FlashBlocks {
   int64_t query = 64;  // query rows per tile
-  int64_t key = 256;   // keys per chunk left of the diagonal (the diagonal tile is query x query)
+  int64_t key = 256;   // keys per chunk, at least `query`: the last chunk ends with the diagonal block
 };
 
 // softmax(q k^T / sqrt(head_dim) + causal mask) v for q, k, v of [N, S, head_dim] (N: batch x heads),

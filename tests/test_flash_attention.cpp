@@ -60,7 +60,8 @@ TEST_P(FlashAttentionTest, MatchesFloat64LoopWithGradients) {
 // Blocks that divide S, blocks that do not, single rows, and blocks larger than the sequence.
 INSTANTIATE_TEST_SUITE_P(Blocks, FlashAttentionTest,
                          ::testing::Values(Case{{4, 4}, 1.0}, Case{{5, 3}, 1.0}, Case{{1, 1}, 1.0},
-                                           Case{{64, 256}, 1.0}, Case{{3, 7}, 1.0}, Case{{4, 2}, 30.0}),
+                                           Case{{64, 256}, 1.0}, Case{{3, 7}, 1.0}, Case{{4, 2}, 30.0},
+                                           Case{{2, 5}, 30.0}, Case{{4, 6}, 1.0}),
                          [](const ::testing::TestParamInfo<Case>& info) {
                            const Case& c = info.param;
                            return "q" + std::to_string(c.blocks.query) + "_k" + std::to_string(c.blocks.key) +
