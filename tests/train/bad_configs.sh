@@ -224,6 +224,10 @@ check set_unknown_key "--set moe.experts=4: moe.experts is not a config key (did
 check set_bad_value "--set train.lr=fast: train.lr expected a number, got 'fast'" --set train.lr=fast <<<"$MODEL"
 check set_bad_shard_optimizer "--set train.shard_optimizer=maybe: train.shard_optimizer expected true or false, got 'maybe'" \
   --set train.shard_optimizer=maybe <<<"$MODEL"
+check set_bad_overlap "--set train.overlap_grad_reduce=sometimes: train.overlap_grad_reduce expected true or false, got 'sometimes'" \
+  --set train.overlap_grad_reduce=sometimes <<<"$MODEL"
+check set_zero_bucket "--set train.grad_bucket_mb=0: train.grad_bucket_mb must be > 0 and < 1048576, got 0" \
+  --set train.grad_bucket_mb=0 <<<"$MODEL"
 MOE_HOST_MEMORY=lots check host_memory_policy "MOE_HOST_MEMORY=lots: expected retain (the default) or release" <<<"$MODEL"
 check set_no_equals "--set train.lr: expected key.path=value" --set train.lr <<<"$MODEL"
 check vocab_too_small "token file $WORK/train.bin: token " --set model.vocab_size=100 <<<"$MODEL"
