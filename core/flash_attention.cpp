@@ -32,6 +32,11 @@ std::vector<KeyChunk> key_chunks(int64_t q0, int64_t rows, int64_t key) {
   return chunks;
 }
 
+// -inf above the diagonal of a query block's diagonal tile, 0 on and below it.
+at::Tensor causal_mask(int64_t query, const at::TensorOptions& options) {
+  return at::full({query, query}, -INFINITY, options).triu(1);
+}
+
 // A [n, rows, cols] view at the front of a buffer, so every tile reuses one allocation.
 at::Tensor tile(const at::Tensor& buffer, int64_t n, int64_t rows, int64_t cols) {
   return buffer.view(-1).narrow(0, 0, n * rows * cols).view({n, rows, cols});
@@ -55,7 +60,7 @@ struct Forward {
 Forward flash_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const FlashBlocks& b) {
   const int64_t N = q.size(0), S = q.size(1), d = q.size(2), key = std::max(b.key, b.query);
   const auto f32 = q.options().dtype(at::kFloat);
-  const at::Tensor mask = at::full({b.query, b.query}, -INFINITY, f32).triu(1);
+  const at::Tensor mask = causal_mask(b.query, f32);
   Forward r{at::empty({N, S, d}, f32), at::empty({N, S}, f32)};
   const at::Tensor s_buf = at::empty({N, b.query, key}, f32);
   const at::Tensor acc_buf = at::empty({N, b.query, d}, f32);
@@ -97,7 +102,7 @@ Gradients flash_backward(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const at::Tensor& dout, const FlashBlocks& b) {
   const int64_t N = q.size(0), S = q.size(1), d = q.size(2), key = std::max(b.key, b.query);
   const auto f32 = q.options().dtype(at::kFloat);
-  const at::Tensor mask = at::full({b.query, b.query}, -INFINITY, f32).triu(1);
+  const at::Tensor mask = causal_mask(b.query, f32);
   // D_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax backward's row term, without P.
   const at::Tensor D = (dout * f.out).sum(-1);
   Gradients g{at::empty({N, S, d}, f32), at::zeros({N, S, d}, f32), at::zeros({N, S, d}, f32)};

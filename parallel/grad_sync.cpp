@@ -55,7 +55,6 @@ struct GradSync::Bucket {
   std::vector<bool> ready;
   int64_t num_ready = 0, num_hooked = 0;
   std::unique_ptr<PendingCollective> pending;
-  bool launched = false;
 
   // Gradients that are not (or no longer) views of flat are taken in: a parameter that got none counts
   // as zero, one whose gradient was replaced is copied in. Then each .grad is its view again.
@@ -75,7 +74,6 @@ struct GradSync::Bucket {
 
   void launch(bool async) {
     adopt_grads();
-    launched = true;
     if (!comm) return;
     if (async) {
       pending = comm->all_reduce_async(flat, ReduceOp::kSum);
@@ -195,7 +193,6 @@ void GradSync::reduce_in_next_backward() {
   for (auto& b : buckets_) {
     std::fill(b->ready.begin(), b->ready.end(), false);
     b->num_ready = 0;
-    b->launched = false;
   }
   hooks_->next = 0;
   hooks_->armed = true;
@@ -206,13 +203,13 @@ void GradSync::sync() {
   const bool overlapped = hooks_ && hooks_->armed;
   if (hooks_) hooks_->armed = false;
   started_in_backward_ = overlapped ? static_cast<int64_t>(hooks_->next) : 0;
-  for (auto& b : buckets_) {
-    if (!(overlapped && b->launched)) b->launch(/*async=*/false);
+  // Buckets before started_in_backward_ are in flight already; the rest go now, in the same order.
+  for (size_t i = static_cast<size_t>(started_in_backward_); i < buckets_.size(); ++i) {
+    buckets_[i]->launch(/*async=*/false);
   }
   for (auto& b : buckets_) {
     if (b->pending) b->pending->wait();
     b->pending.reset();
-    b->launched = false;
     b->flat.mul_(scale_);
   }
 }
