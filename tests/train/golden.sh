@@ -15,9 +15,8 @@ source "$(dirname "$0")/lib.sh"
 GOLDEN="$SRC/tests/golden/tiny_np2.txt"
 export OPENBLAS_CORETYPE=Haswell ATEN_CPU_CAPABILITY=avx2
 build="$(uname -m)$(dpkg-query -W -f ', ${Package} ${Version}' libtorch-dev libopenblas0-pthread 2>/dev/null)"
-"$MOE" tokenize /usr/share/common-licenses/GPL-3 --out "$WORK/train.bin" 2>/dev/null
-"$MOE" tokenize /usr/share/common-licenses/Apache-2.0 --out "$WORK/val.bin" 2>/dev/null
-moe_train 2 "$SRC/configs/tiny.yaml" --set "data.train_path=$WORK/train.bin" --set "data.val_path=$WORK/val.bin" \
+make_fixed_test_data
+moe_train 2 "$SRC/configs/tiny.yaml" "${DATA[@]}" \
   --set train.out_dir="$WORK/run" --set train.steps=30 --set train.micro_batch_size=4 \
   --set parallel.expert_parallel_size=2 2>"$WORK/log" || { cat "$WORK/log"; fail "training tiny on 2 ranks"; }
 paste -d' ' <(field "$WORK/run/metrics.jsonl" train step) <(field "$WORK/run/metrics.jsonl" train loss) \

@@ -14,6 +14,14 @@ make_test_data() {
   DATA=(--set "data.train_path=$WORK/train.bin" --set "data.val_path=$WORK/val.bin")
 }
 
+# make_fixed_test_data: the same from fixed text every Debian system ships (base-files' licences), for
+# tests whose bounds hold for one trajectory and must not move when this repository's sources do.
+make_fixed_test_data() {
+  "$MOE" tokenize /usr/share/common-licenses/GPL-3 --out "$WORK/train.bin" 2>/dev/null
+  "$MOE" tokenize /usr/share/common-licenses/Apache-2.0 --out "$WORK/val.bin" 2>/dev/null
+  DATA=(--set "data.train_path=$WORK/train.bin" --set "data.val_path=$WORK/val.bin")
+}
+
 # moe_train NP ARGS...: mpirun with one BLAS thread per rank.
 moe_train() {
   local np=$1
