@@ -85,6 +85,10 @@ struct MoEOptions {
   // first_dense_layers layers stay dense (DeepSeek-V3).
   int64_t layer_freq = 1;
   int64_t first_dense_layers = 0;
+  // Under expert parallelism: the tokens of a micro-batch are exchanged in this many slices, each
+  // slice's experts computing while the next slices travel (Tutel's a2a_ffn_overlap_degree). 1: one
+  // exchange each way.
+  int64_t a2a_overlap_degree = 1;
   // Debug: cross-check split sizes between EP ranks before each exchange (TokenDispatcher).
   bool check_splits = false;
 };
@@ -149,6 +153,7 @@ void visit_model_options(Options& o, Visitor& v) {  // Options: TransformerOptio
   v.choice("moe.aux_loss_scope", r.aux_loss_scope);
   v.real("moe.z_loss_coeff", r.z_loss_coeff, 0, true, kInf);
   v.real("moe.bias_update_rate", r.bias_update_rate, 0, true, kInf);
+  v.integer("moe.a2a_overlap_degree", e.a2a_overlap_degree, 1);
   v.boolean("moe.check_splits", e.check_splits);
 }
 

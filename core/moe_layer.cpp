@@ -27,6 +27,24 @@ MoELayerImpl::MoELayerImpl(const TransformerOptions& options, const ExpertParall
   }
 }
 
+namespace {
+
+// The routing of tokens [t0, t0 + n): what dispatch reads of it, with its own host counts.
+Routing token_slice(const Routing& r, int64_t t0, int64_t n) {
+  if (t0 == 0 && n == r.probs_TK.size(0)) return r;
+  Routing out;
+  out.probs_TK = r.probs_TK.narrow(0, t0, n);
+  out.expert_ids_TK = r.expert_ids_TK.narrow(0, t0, n);
+  out.keep_TK = r.keep_TK.narrow(0, t0, n);
+  const at::Tensor counts = at::bincount(out.expert_ids_TK.masked_select(out.keep_TK), {},
+                                         static_cast<int64_t>(r.tokens_per_expert.size()))
+                                .to(at::kCPU, at::kLong);
+  out.tokens_per_expert.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+  return out;
+}
+
+}  // namespace
+
 MoEOutput MoELayerImpl::forward(const at::Tensor& x) {
   const int64_t D = hidden_size_;
   MOE_CHECK(x.size(-1) == D, "moe layer: input's last dimension (", x.size(-1), ") must be hidden_size (", D, ")");
@@ -36,14 +54,32 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x) {
     ScopedPhase timer(times_, &PhaseTimes::route);
     out.routing = router->forward(x_TD);
   }
-  Dispatched d = dispatcher_->dispatch(x_TD, out.routing);
-  at::Tensor y_ND;
-  {
-    ScopedPhase timer(times_, &PhaseTimes::experts);
-    y_ND = run_ffn(experts, d.x_ND, d.tokens_per_local_expert);
+  // The tokens go in `chunks` slices (Tutel's overlap degree): every slice's exchange is started at once,
+  // then each slice's experts run while the later slices' rows are still travelling, and each slice's
+  // results start back while the next one computes. The shared experts run while the last ones return.
+  const int64_t T = x_TD.size(0);
+  const int64_t chunks = dispatcher_->num_local_experts() == options_.router.num_experts ? 1 : options_.a2a_overlap_degree;
+  std::vector<Dispatched> sent;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t t0 = T * c / chunks, t1 = T * (c + 1) / chunks;
+    sent.push_back(dispatcher_->dispatch_start(x_TD.narrow(0, t0, t1 - t0), token_slice(out.routing, t0, t1 - t0)));
   }
-  at::Tensor y_TD = dispatcher_->combine(y_ND, d.handle);
-  if (shared_experts) y_TD = y_TD + run_ffn(shared_experts, x_TD, {x_TD.size(0)});
+  std::vector<RowsInFlight> returning;
+  for (Dispatched& d : sent) {
+    dispatcher_->dispatch_finish(d);
+    at::Tensor y_ND;
+    {
+      ScopedPhase timer(times_, &PhaseTimes::experts);
+      y_ND = run_ffn(experts, d.x_ND, d.tokens_per_local_expert);
+    }
+    returning.push_back(dispatcher_->combine_start(y_ND, d.handle));
+  }
+  at::Tensor shared;
+  if (shared_experts) shared = run_ffn(shared_experts, x_TD, {T});
+  std::vector<at::Tensor> y;
+  for (int64_t c = 0; c < chunks; ++c) y.push_back(dispatcher_->combine_finish(returning[c], sent[c].handle));
+  at::Tensor y_TD = chunks == 1 ? y[0] : at::cat(y, 0);
+  if (shared.defined()) y_TD = y_TD + shared;
   out.y = y_TD.view(x.sizes());
   return out;
 }

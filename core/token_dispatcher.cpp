@@ -14,39 +14,83 @@ std::vector<int64_t> to_vector(const at::Tensor& t) {
   return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
 }
 
-at::Tensor exchange_rows(Communicator& comm, const at::Tensor& x, const std::vector<int64_t>& send_rows,
-                         const std::vector<int64_t>& recv_rows) {
-  int64_t total = 0;
-  for (int64_t n : recv_rows) total += n;
-  std::vector<int64_t> shape = x.sizes().vec();
-  shape[0] = total;
-  at::Tensor out = at::empty(shape, x.options());
-  comm.all_to_all_v(x.contiguous(), send_rows, out, recv_rows);
-  return out;
+// An exchange of rows in flight, shared by the autograd pair below: forward starts it in StartExchange and
+// waits in FinishExchange; backward starts the reverse exchange in FinishExchange's backward and waits in
+// StartExchange's. Between the two halves the caller (forward) or autograd (backward) is free to compute.
+struct RowExchange : torch::CustomClassHolder {
+  RowExchange(Communicator* c, std::vector<int64_t> send, std::vector<int64_t> recv)
+      : comm(c), send_rows(std::move(send)), recv_rows(std::move(recv)) {}
+  Communicator* comm;
+  std::vector<int64_t> send_rows, recv_rows;
+  std::unique_ptr<PendingCollective> pending;
+  at::Tensor reverse_out;  // backward: the reverse exchange's rows, written once it finishes
+
+  at::Tensor start(const at::Tensor& x, bool reverse) {
+    const std::vector<int64_t>& send = reverse ? recv_rows : send_rows;
+    const std::vector<int64_t>& recv = reverse ? send_rows : recv_rows;
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t{0});
+    at::Tensor out = at::empty(shape, x.options());
+    pending = comm->all_to_all_v_async(x.contiguous(), send, out, recv);
+    return out;
+  }
+  void finish() {
+    if (!pending) return;
+    pending->wait();
+    pending.reset();
+  }
+};
+
+using Holder = c10::intrusive_ptr<torch::CustomClassHolder>;
+
+RowExchange& as_exchange(const Holder& holder) { return *static_cast<RowExchange*>(holder.get()); }
+
+// The capsule keeps the exchange alive for as long as the graph holds either half.
+RowExchange& exchange_of(torch::autograd::AutogradContext* ctx) {
+  return as_exchange(ctx->saved_data["exchange"].toCapsule());
 }
 
-// y = all_to_all_v(x) as an autograd function: its backward is the reverse exchange.
-class AllToAllV : public torch::autograd::Function<AllToAllV> {
+class StartExchange : public torch::autograd::Function<StartExchange> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, Communicator* comm,
-                            std::vector<int64_t> send_rows, std::vector<int64_t> recv_rows) {
-    // saved_data holds IValues only; the communicator outlives every graph that uses it.
-    ctx->saved_data["comm"] = reinterpret_cast<int64_t>(comm);
-    ctx->saved_data["send"] = send_rows;
-    ctx->saved_data["recv"] = recv_rows;
-    return exchange_rows(*comm, x, send_rows, recv_rows);
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, Holder exchange) {
+    ctx->saved_data["exchange"] = c10::IValue::make_capsule(exchange);
+    return as_exchange(exchange).start(x, /*reverse=*/false);
   }
-
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    auto* comm = reinterpret_cast<Communicator*>(ctx->saved_data["comm"].toInt());
-    const at::Tensor dx = exchange_rows(*comm, grads[0], ctx->saved_data["recv"].toIntVector(),
-                                        ctx->saved_data["send"].toIntVector());
-    return {dx, at::Tensor(), at::Tensor(), at::Tensor()};
+    RowExchange& exchange = exchange_of(ctx);
+    exchange.finish();
+    return {std::move(exchange.reverse_out), at::Tensor()};
+  }
+};
+
+class FinishExchange : public torch::autograd::Function<FinishExchange> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& rows, Holder exchange) {
+    ctx->saved_data["exchange"] = c10::IValue::make_capsule(exchange);
+    as_exchange(exchange).finish();
+    return rows;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    // The gradient passes through unchanged in shape; the exchange's own backward is StartExchange's.
+    RowExchange& exchange = exchange_of(ctx);
+    exchange.reverse_out = exchange.start(grads[0], /*reverse=*/true);
+    return {grads[0], at::Tensor()};
   }
 };
 
 }  // namespace
+
+Dispatched TokenDispatcher::dispatch(const at::Tensor& x_TD, const Routing& routing) {
+  Dispatched d = dispatch_start(x_TD, routing);
+  dispatch_finish(d);
+  return d;
+}
+
+at::Tensor TokenDispatcher::combine(const at::Tensor& y_ND, const DispatchHandle& handle) {
+  return combine_finish(combine_start(y_ND, handle), handle);
+}
 
 Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Routing& routing) {
   ScopedPhase timer(times_, &PhaseTimes::permute);
@@ -61,15 +105,15 @@ Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Ro
   return d;
 }
 
-Dispatched LocalTokenDispatcher::dispatch(const at::Tensor& x_TD, const Routing& routing) {
+Dispatched LocalTokenDispatcher::dispatch_start(const at::Tensor& x_TD, const Routing& routing) {
   Dispatched d = permute_tokens(x_TD, routing);
   d.tokens_per_local_expert = routing.tokens_per_expert;
   return d;
 }
 
-at::Tensor LocalTokenDispatcher::combine(const at::Tensor& y_ND, const DispatchHandle& h) {
+at::Tensor LocalTokenDispatcher::combine_finish(const RowsInFlight& y, const DispatchHandle& h) {
   ScopedPhase timer(times_, &PhaseTimes::unpermute);
-  return unpermute(y_ND, h.permutation, h.probs_TK);
+  return unpermute(y.rows, h.permutation, h.probs_TK);
 }
 
 AllToAllTokenDispatcher::AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits)
@@ -80,8 +124,8 @@ AllToAllTokenDispatcher::AllToAllTokenDispatcher(const ParallelDims& dims, Commu
             " of ", dims.ep_size, ")");
 }
 
-at::Tensor AllToAllTokenDispatcher::exchange(const at::Tensor& x, const std::vector<int64_t>& send_rows,
-                                             const std::vector<int64_t>& recv_rows) {
+RowsInFlight AllToAllTokenDispatcher::start_exchange(const at::Tensor& x, const std::vector<int64_t>& send_rows,
+                                                     const std::vector<int64_t>& recv_rows) {
   const int64_t sequence = exchanges_++;
   if (check_splits_) {
     const int R = ep_group_.size(), me = ep_group_.rank();
@@ -96,10 +140,16 @@ at::Tensor AllToAllTokenDispatcher::exchange(const at::Tensor& x, const std::vec
                 " rows to EP rank ", me, ", which expects ", recv_rows[r], " (exchange #", sequence, ")");
     }
   }
-  return AllToAllV::apply(x, &ep_group_, send_rows, recv_rows);
+  Holder exchange = c10::make_intrusive<RowExchange>(&ep_group_, send_rows, recv_rows);
+  return {StartExchange::apply(x, exchange), exchange};
 }
 
-Dispatched AllToAllTokenDispatcher::dispatch(const at::Tensor& x_TD, const Routing& routing) {
+at::Tensor AllToAllTokenDispatcher::finish_exchange(const RowsInFlight& in_flight) {
+  MOE_CHECK(in_flight.exchange, "token dispatcher: no exchange in flight to finish");
+  return FinishExchange::apply(in_flight.rows, in_flight.exchange);
+}
+
+Dispatched AllToAllTokenDispatcher::dispatch_start(const at::Tensor& x_TD, const Routing& routing) {
   Dispatched d = local_.permute_tokens(x_TD, routing);
   DispatchHandle& h = d.handle;
   ScopedPhase timer(times_, &PhaseTimes::dispatch);
@@ -124,31 +174,41 @@ Dispatched AllToAllTokenDispatcher::dispatch(const at::Tensor& x_TD, const Routi
       d.tokens_per_local_expert[j] += recv[r * El + j];
     }
   }
-  const at::Tensor x_recv = exchange(d.x_ND, h.send_rows, h.recv_rows);
-  if (El == 1) {
-    d.x_ND = x_recv;
-    return d;
+  d.in_flight = start_exchange(d.x_ND, h.send_rows, h.recv_rows);
+  d.x_ND = at::Tensor();
+  if (El > 1) {
+    // Chunk (r, j) of the received rows moves to position (j, r): rows grouped by local expert.
+    const at::Tensor sizes = recv_counts_RL.reshape({-1});
+    const at::Tensor src_start = (sizes.cumsum(0) - sizes).view({R, El}).t().reshape({-1});
+    const at::Tensor sizes_JR = recv_counts_RL.t().reshape({-1});
+    const at::Tensor dst_start = sizes_JR.cumsum(0) - sizes_JR;
+    const int64_t N = std::accumulate(h.recv_rows.begin(), h.recv_rows.end(), int64_t{0});
+    h.regroup_idx = at::arange(N, sizes.options()) + at::repeat_interleave(src_start - dst_start, sizes_JR, 0, N);
+    h.ungroup_idx = at::empty_like(h.regroup_idx).index_put_({h.regroup_idx}, at::arange(N, sizes.options()));
   }
-  // Chunk (r, j) of the received rows moves to position (j, r): rows grouped by local expert.
-  const at::Tensor sizes = recv_counts_RL.reshape({-1});
-  const at::Tensor src_start = (sizes.cumsum(0) - sizes).view({R, El}).t().reshape({-1});
-  const at::Tensor sizes_JR = recv_counts_RL.t().reshape({-1});
-  const at::Tensor dst_start = sizes_JR.cumsum(0) - sizes_JR;
-  const int64_t N = x_recv.size(0);
-  h.regroup_idx = at::arange(N, sizes.options()) + at::repeat_interleave(src_start - dst_start, sizes_JR, 0, N);
-  h.ungroup_idx = at::empty_like(h.regroup_idx).index_put_({h.regroup_idx}, at::arange(N, sizes.options()));
-  d.x_ND = x_recv.index_select(0, h.regroup_idx);
   return d;
 }
 
-at::Tensor AllToAllTokenDispatcher::combine(const at::Tensor& y_ND, const DispatchHandle& h) {
+void AllToAllTokenDispatcher::dispatch_finish(Dispatched& d) {
+  ScopedPhase timer(times_, &PhaseTimes::dispatch);
+  const at::Tensor x_recv = finish_exchange(d.in_flight);
+  d.in_flight = {};
+  d.x_ND = d.handle.regroup_idx.defined() ? x_recv.index_select(0, d.handle.regroup_idx) : x_recv;
+}
+
+RowsInFlight AllToAllTokenDispatcher::combine_start(const at::Tensor& y_ND, const DispatchHandle& h) {
+  ScopedPhase timer(times_, &PhaseTimes::combine);
+  const at::Tensor y_recv = h.ungroup_idx.defined() ? y_ND.index_select(0, h.ungroup_idx) : y_ND;
+  return start_exchange(y_recv, h.recv_rows, h.send_rows);
+}
+
+at::Tensor AllToAllTokenDispatcher::combine_finish(const RowsInFlight& y, const DispatchHandle& h) {
   at::Tensor y_sorted;
   {
     ScopedPhase timer(times_, &PhaseTimes::combine);
-    const at::Tensor y_recv = h.ungroup_idx.defined() ? y_ND.index_select(0, h.ungroup_idx) : y_ND;
-    y_sorted = exchange(y_recv, h.recv_rows, h.send_rows);
+    y_sorted = finish_exchange(y);
   }
-  return local_.combine(y_sorted, h);
+  return local_.combine_finish({y_sorted, {}}, h);
 }
 
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(const ParallelDims& dims, Communicator* ep_group,

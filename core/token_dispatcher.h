@@ -33,18 +33,34 @@ struct DispatchHandle {
   at::Tensor regroup_idx, ungroup_idx;  // received order <-> local-expert order (undefined: identity)
 };
 
+// Rows on their way between ranks: `rows` is not to be read until the exchange is finished.
+struct RowsInFlight {
+  at::Tensor rows;
+  c10::intrusive_ptr<torch::CustomClassHolder> exchange;  // null: nothing in flight, rows are ready
+};
+
 struct Dispatched {
-  at::Tensor x_ND;                               // rows grouped by local expert
+  at::Tensor x_ND;                               // rows grouped by local expert (after dispatch_finish)
   std::vector<int64_t> tokens_per_local_expert;  // rows per local expert, in order
   DispatchHandle handle;
+  RowsInFlight in_flight;                        // between dispatch_start and dispatch_finish
 };
 
 class TokenDispatcher {
  public:
   virtual ~TokenDispatcher() = default;
-  virtual Dispatched dispatch(const at::Tensor& x_TD, const Routing& routing) = 0;
+  Dispatched dispatch(const at::Tensor& x_TD, const Routing& routing);
   // y_ND in the order dispatch() produced -> y_TD, weighted by the gates and summed over k.
-  virtual at::Tensor combine(const at::Tensor& y_ND, const DispatchHandle& handle) = 0;
+  at::Tensor combine(const at::Tensor& y_ND, const DispatchHandle& handle);
+  // The same two in halves, so that other work can run while the rows travel (MoELayer's
+  // moe.a2a_overlap_degree): *_start leaves the exchange in flight, *_finish completes it. Halves of
+  // several calls may interleave; every EP rank starts its exchanges in the same order. In backward the
+  // reverse exchanges are split the same way: each is started where autograd reaches the finishing half
+  // and waited for where it reaches the starting half.
+  virtual Dispatched dispatch_start(const at::Tensor& x_TD, const Routing& routing) = 0;
+  virtual void dispatch_finish(Dispatched& dispatched) = 0;
+  virtual RowsInFlight combine_start(const at::Tensor& y_ND, const DispatchHandle& handle) = 0;
+  virtual at::Tensor combine_finish(const RowsInFlight& y, const DispatchHandle& handle) = 0;
   virtual int64_t num_local_experts() const = 0;
   virtual void set_phase_times(PhaseTimes* times) { times_ = times; }
 
@@ -56,8 +72,10 @@ class TokenDispatcher {
 class LocalTokenDispatcher : public TokenDispatcher {
  public:
   explicit LocalTokenDispatcher(int64_t num_experts) : num_experts_(num_experts) {}
-  Dispatched dispatch(const at::Tensor& x_TD, const Routing& routing) override;
-  at::Tensor combine(const at::Tensor& y_ND, const DispatchHandle& handle) override;
+  Dispatched dispatch_start(const at::Tensor& x_TD, const Routing& routing) override;
+  void dispatch_finish(Dispatched&) override {}
+  RowsInFlight combine_start(const at::Tensor& y_ND, const DispatchHandle&) override { return {y_ND, {}}; }
+  at::Tensor combine_finish(const RowsInFlight& y, const DispatchHandle& handle) override;
   int64_t num_local_experts() const override { return num_experts_; }
   // dispatch() without the per-expert row counts on the host, which an exchange replaces by its own.
   Dispatched permute_tokens(const at::Tensor& x_TD, const Routing& routing);
@@ -73,8 +91,10 @@ class LocalTokenDispatcher : public TokenDispatcher {
 class AllToAllTokenDispatcher : public TokenDispatcher {
  public:
   AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits);
-  Dispatched dispatch(const at::Tensor& x_TD, const Routing& routing) override;
-  at::Tensor combine(const at::Tensor& y_ND, const DispatchHandle& handle) override;
+  Dispatched dispatch_start(const at::Tensor& x_TD, const Routing& routing) override;
+  void dispatch_finish(Dispatched& dispatched) override;
+  RowsInFlight combine_start(const at::Tensor& y_ND, const DispatchHandle& handle) override;
+  at::Tensor combine_finish(const RowsInFlight& y, const DispatchHandle& handle) override;
   int64_t num_local_experts() const override { return dims_.num_local_experts; }
   void set_phase_times(PhaseTimes* times) override {
     times_ = times;
@@ -82,8 +102,9 @@ class AllToAllTokenDispatcher : public TokenDispatcher {
   }
 
  private:
-  at::Tensor exchange(const at::Tensor& x, const std::vector<int64_t>& send_rows,
-                      const std::vector<int64_t>& recv_rows);
+  RowsInFlight start_exchange(const at::Tensor& x, const std::vector<int64_t>& send_rows,
+                              const std::vector<int64_t>& recv_rows);
+  at::Tensor finish_exchange(const RowsInFlight& in_flight);
 
   ParallelDims dims_;           // this rank's shard: num_experts, num_local_experts
   LocalTokenDispatcher local_;  // permute and unpermute over all experts (global ids)

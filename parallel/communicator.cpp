@@ -21,6 +21,14 @@ std::unique_ptr<PendingCollective> Communicator::all_reduce_async(at::Tensor& te
   return std::make_unique<Completed>();
 }
 
+std::unique_ptr<PendingCollective> Communicator::all_to_all_v_async(const at::Tensor& input,
+                                                                    const std::vector<int64_t>& send_rows,
+                                                                    at::Tensor& output,
+                                                                    const std::vector<int64_t>& recv_rows) {
+  all_to_all_v(input, send_rows, output, recv_rows);
+  return std::make_unique<Completed>();
+}
+
 void all_ranks_succeed(Communicator& comm, const std::function<void()>& fn) {
   std::string message;
   int code = 0;

@@ -17,7 +17,7 @@ namespace moe {
 
 enum class ReduceOp { kSum, kMax };
 
-// A collective in flight (Communicator::all_reduce_async). wait() finishes it and throws what the
+// A collective in flight (Communicator::all_reduce_async, all_to_all_v_async). wait() finishes it and throws what the
 // blocking form would have thrown; done() asks without waiting, and lets MPI move it along. Destroying
 // an unfinished one waits for it.
 class PendingCollective {
@@ -42,8 +42,8 @@ class Communicator {
   virtual void all_reduce(at::Tensor& tensor, ReduceOp op) = 0;
   // all_reduce, returning once the operation has started so that work can go on while it runs (DDP's
   // gradient buckets reduced during backward). The tensor is off limits until wait(). The base form
-  // completes it before returning: right for NCCL, whose collectives already run on their own stream
-  // and return to the host at once.
+  // completes it before returning. NCCL's collectives return to the host at once but run on the compute
+  // stream, so on GPUs nothing overlaps the device's compute yet (a side stream needs a GPU to test).
   virtual std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op);
   // Every rank's tensor (all the same shape), stacked along a new leading dimension: [size, ...].
   virtual at::Tensor all_gather(const at::Tensor& tensor) = 0;
@@ -58,6 +58,13 @@ class Communicator {
   // dtype and row shape; output already sized to the sum of recv_rows. Zero-row splits are fine.
   virtual void all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows, at::Tensor& output,
                             const std::vector<int64_t>& recv_rows) = 0;
+  // all_to_all_v, returning once the exchange has started (the MoE layer's exchanges overlapped with its
+  // experts). `input` is kept alive until then; `output` is off limits until wait(). The base form
+  // completes it before returning, as all_reduce_async's does.
+  virtual std::unique_ptr<PendingCollective> all_to_all_v_async(const at::Tensor& input,
+                                                                const std::vector<int64_t>& send_rows,
+                                                                at::Tensor& output,
+                                                                const std::vector<int64_t>& recv_rows);
   // Ranks passing the same color form a new communicator, ordered by key (then by rank here). `name`
   // ("ep", "edp") names the group in errors.
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& name = "") = 0;

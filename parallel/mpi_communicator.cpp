@@ -152,14 +152,15 @@ namespace {
 
 class MpiPending : public PendingCollective {
  public:
-  MpiPending(MPI_Request request, at::Tensor tensor, const std::string* group)
-      : request_(request), tensor_(std::move(tensor)), group_(group) {}
+  // `keep` holds the tensors MPI reads or writes until the operation completes.
+  MpiPending(MPI_Request request, std::vector<at::Tensor> keep, const char* op, const std::string* group)
+      : request_(request), keep_(std::move(keep)), op_(op), group_(group) {}
   ~MpiPending() override {
     if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);  // errors: the job is ending
   }
   void wait() override {
     if (request_ == MPI_REQUEST_NULL) return;
-    watchdog::Collective watched("all_reduce", group_);
+    watchdog::Collective watched(op_, group_);
     MOE_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
   }
   bool done() override {
@@ -171,7 +172,8 @@ class MpiPending : public PendingCollective {
 
  private:
   MPI_Request request_;
-  at::Tensor tensor_;  // kept alive while MPI writes into it
+  std::vector<at::Tensor> keep_;
+  const char* op_;
   const std::string* group_;
 };
 
@@ -184,7 +186,7 @@ std::unique_ptr<PendingCollective> MpiCommunicator::all_reduce_async(at::Tensor&
   MOE_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, tensor.data_ptr(), static_cast<int>(tensor.numel()),
                                reduce_type(tensor.scalar_type()), op == ReduceOp::kSum ? MPI_SUM : MPI_MAX, comm_,
                                &request));
-  return std::make_unique<MpiPending>(request, tensor, &name_);
+  return std::make_unique<MpiPending>(request, std::vector<at::Tensor>{tensor}, "all_reduce", &name_);
 }
 
 at::Tensor MpiCommunicator::all_gather(const at::Tensor& tensor) {
@@ -240,13 +242,21 @@ void MpiCommunicator::reduce_scatter(const at::Tensor& input, at::Tensor& output
 
 void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows,
                                    at::Tensor& output, const std::vector<int64_t>& recv_rows) {
-  watchdog::Collective watched("all_to_all_v", &name_);
   if (input.is_cuda() || output.is_cuda()) {
+    watchdog::Collective watched("all_to_all_v", &name_);
     at::Tensor host_out = staging(1, output);
     all_to_all_v(host_copy(0, input), send_rows, host_out, recv_rows);
     output.copy_(host_out);
     return;
   }
+  all_to_all_v_async(input, send_rows, output, recv_rows)->wait();
+}
+
+std::unique_ptr<PendingCollective> MpiCommunicator::all_to_all_v_async(const at::Tensor& input,
+                                                                       const std::vector<int64_t>& send_rows,
+                                                                       at::Tensor& output,
+                                                                       const std::vector<int64_t>& recv_rows) {
+  if (input.is_cuda() || output.is_cuda()) return Communicator::all_to_all_v_async(input, send_rows, output, recv_rows);
   check_cpu_contiguous(input, "all_to_all_v", "input");
   check_cpu_contiguous(output, "all_to_all_v", "output");
   MOE_CHECK(static_cast<int>(send_rows.size()) == size_ && static_cast<int>(recv_rows.size()) == size_,
@@ -266,10 +276,10 @@ void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<in
   MOE_CHECK(row_bytes <= kMaxCount, "mpi: all_to_all_v row of ", row_bytes, " bytes exceeds MPI's int count");
   MOE_CHECK(total_send <= kMaxCount && total_recv <= kMaxCount, "mpi: all_to_all_v of ", total_send, "/",
             total_recv, " rows exceeds MPI's int count and displacement range");
-  if (row_bytes == 0) return;
+  if (row_bytes == 0) return std::make_unique<MpiPending>(MPI_REQUEST_NULL, std::vector<at::Tensor>{}, "", &name_);
 
   // Counts and displacements are in rows of one derived datatype, so a message may hold up to INT_MAX
-  // rows whatever their width.
+  // rows whatever their width. MPI keeps a freed type alive for the operations still using it.
   std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
   for (int r = 0, so = 0, ro = 0; r < size_; ++r) {
     sc[r] = static_cast<int>(send_rows[r]);
@@ -282,10 +292,12 @@ void MpiCommunicator::all_to_all_v(const at::Tensor& input, const std::vector<in
   MPI_Datatype row;
   MOE_MPI_CHECK(MPI_Type_contiguous(static_cast<int>(row_bytes), MPI_BYTE, &row));
   MOE_MPI_CHECK(MPI_Type_commit(&row));
-  const int rc_call = MPI_Alltoallv(input.data_ptr(), sc.data(), sd.data(), row, output.data_ptr(), rc.data(),
-                                    rd.data(), row, comm_);
+  MPI_Request request = MPI_REQUEST_NULL;
+  const int rc_call = MPI_Ialltoallv(input.data_ptr(), sc.data(), sd.data(), row, output.data_ptr(), rc.data(),
+                                     rd.data(), row, comm_, &request);
   MPI_Type_free(&row);
-  if (rc_call != MPI_SUCCESS) throw_mpi_error(rc_call, "MPI_Alltoallv", __FILE__, __LINE__);
+  if (rc_call != MPI_SUCCESS) throw_mpi_error(rc_call, "MPI_Ialltoallv", __FILE__, __LINE__);
+  return std::make_unique<MpiPending>(request, std::vector<at::Tensor>{input, output}, "all_to_all_v", &name_);
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const std::string& name) {

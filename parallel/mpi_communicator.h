@@ -55,6 +55,11 @@ class MpiCommunicator : public Communicator {
   void reduce_scatter(const at::Tensor& input, at::Tensor& output, ReduceOp op) override;
   void all_to_all_v(const at::Tensor& input, const std::vector<int64_t>& send_rows, at::Tensor& output,
                     const std::vector<int64_t>& recv_rows) override;
+  // MPI_Ialltoallv for CPU tensors (CUDA ones: the blocking form, staged). The blocking form is this
+  // one waited for.
+  std::unique_ptr<PendingCollective> all_to_all_v_async(const at::Tensor& input, const std::vector<int64_t>& send_rows,
+                                                        at::Tensor& output,
+                                                        const std::vector<int64_t>& recv_rows) override;
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name = "") override;
 
   MPI_Comm comm() const { return comm_; }

@@ -228,6 +228,8 @@ check set_bad_overlap "--set train.overlap_grad_reduce=sometimes: train.overlap_
   --set train.overlap_grad_reduce=sometimes <<<"$MODEL"
 check set_zero_bucket "--set train.grad_bucket_mb=0: train.grad_bucket_mb must be > 0 and < 1048576, got 0" \
   --set train.grad_bucket_mb=0 <<<"$MODEL"
+check set_zero_overlap "--set moe.a2a_overlap_degree=0: moe.a2a_overlap_degree must be at least 1, got 0" \
+  --set moe.a2a_overlap_degree=0 <<<"$MODEL"
 MOE_HOST_MEMORY=lots check host_memory_policy "MOE_HOST_MEMORY=lots: expected retain (the default) or release" <<<"$MODEL"
 check set_no_equals "--set train.lr: expected key.path=value" --set train.lr <<<"$MODEL"
 check vocab_too_small "token file $WORK/train.bin: token " --set model.vocab_size=100 <<<"$MODEL"

@@ -83,7 +83,7 @@ std::string describe(const StepEstimate& e, const Hardware& hw, double gemm_effi
                 "  compute           %8.3f s  (model FLOPs and recomputation at %.0f%% of the dense peak)\n"
                 "  all-to-all        %8.3f s  (%s)\n"
                 "  gradient sync     %8.3f s  (float32 ring over %s)\n"
-                "  step              %8.3f s  (the three in turn: moe overlaps none yet)\n"
+                "  step              %8.3f s  (the three in turn: NCCL shares the compute stream)\n"
                 "  %.0f tokens/s, MFU %.1f%%, all-to-all %.1f%% of the step; memory %s %.0f GB\n",
                 world_size, hw.name.c_str(), (world_size + hw.gpus_per_node - 1) / hw.gpus_per_node, e.compute_s,
                 100 * gemm_efficiency, e.a2a_s, e.a2a_inside_node ? "NVLink, inside a node" : "InfiniBand between nodes",
