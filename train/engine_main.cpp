@@ -1,4 +1,4 @@
-// `moe-engine`: the commands of moe that need libtorch (train, eval, export, checkpoint verify); `moe`
+// `moe-engine`: the commands of moe that need libtorch (train, eval, export, import, checkpoint verify); `moe`
 // execs it with the same arguments (train/cli/cli.h). Library code throws moe::Error; this is the one place
 // that catches, logs (with the rank) and turns it into an exit code (2: bad input, 1: anything else). A
 // failure that not every rank saw aborts the whole job, so no peer waits forever in a collective.
@@ -17,7 +17,7 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/watchdog.h"
 #include "train/checkpoint/checkpoint.h"
-#include "train/checkpoint/export.h"
+#include "train/checkpoint/huggingface.h"
 #include "train/device.h"
 #include "train/cli/cli.h"
 #include "train/cli/config.h"
@@ -102,13 +102,17 @@ int main(int argc, char** argv) {
       options.dtype = cl.export_dtype;
       options.max_shard_bytes = cl.max_shard_bytes;
       moe::export_huggingface(cl.checkpoint_dir, cl.out_path, options);
+    } else if (cl.command == moe::Command::kImport) {
+      moe::ImportOptions options;
+      options.expert_parallel_size = cl.import_ep;
+      moe::import_huggingface(cl.hf_dir, cl.out_path, options);
     } else if (cl.command == moe::Command::kCheckpointVerify) {
       const nlohmann::json manifest = moe::verify_checkpoint(cl.checkpoint_dir);
       std::cout << cl.checkpoint_dir << ": ok (step " << manifest["step"] << ", " << manifest["files"].size()
                 << " files, saved on " << manifest["world_size"] << " ranks with expert parallel "
                 << manifest["expert_parallel_size"] << ")" << std::endl;
     } else {
-      std::cerr << "moe-engine runs train, eval, export and checkpoint; run moe for the other commands" << std::endl;
+      std::cerr << "moe-engine runs train, eval, export, import and checkpoint; run moe for the other commands" << std::endl;
       return 2;
     }
   } catch (const std::exception& e) {

@@ -5,6 +5,9 @@
 #   kill      SIGKILL in the middle of a save leaves the previous checkpoint verifying and resuming
 #   corrupt   truncated, altered, missing, mis-shaped files and a manifest path outside: exit 2 each
 #   export    the Hugging Face export, read back and run by an independent numpy forward pass
+#   import    Hugging Face Mixtral folders written by an independent numpy script import and evaluate as
+#             that script's float64 forward; export -> import -> export is bit-identical; a run trains
+#             from an import; every malformed folder is refused with nothing written
 source "$(dirname "$0")/lib.sh"
 part=$1
 make_test_data
@@ -191,6 +194,72 @@ export)
     fail "deepseek-v3 run"
   expect_refused not_mixtral "cannot be exported as Mixtral: it has dense FFN layers" \
     "$MOE" export "$WORK/ds/checkpoints/step_00000002" "$WORK/ds-hf"
+  ;;
+import)
+  # Folders written by numpy alone, in each dtype, one file or shards: moe's loss of the import against the
+  # float64 forward of the same files.
+  for case in "F32 1 1" "BF16 3 2" "F16 2 4"; do
+    read -r dtype shards ep <<<"$case"
+    "$PYTHON" "$SRC/tests/train/hf_write.py" "$WORK/w-$dtype" --dtype "$dtype" --shards "$shards" --seed 3
+    "$MOE" import "$WORK/w-$dtype" "$WORK/i-$dtype" --ep "$ep" 2>"$WORK/import.log" || { cat "$WORK/import.log"; fail "import $dtype"; }
+    "$MOE" checkpoint verify "$WORK/i-$dtype" >/dev/null || fail "the $dtype import does not verify"
+    [ "$(ls "$WORK/i-$dtype"/experts-*.safetensors | wc -l)" -eq "$ep" ] || fail "--ep $ep: not $ep expert files"
+    ours=$(eval_loss 2 "$WORK/i-$dtype") || { cat "$WORK/eval.log"; fail "eval of the $dtype import"; }
+    theirs=$("$PYTHON" "$SRC/tests/train/hf_forward.py" "$WORK/w-$dtype" "$WORK/val.bin" 32 24 | grep -o '"loss":[^,}]*' | cut -d: -f2)
+    awk -v a="$ours" -v b="$theirs" -v c="$case" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d;
+      printf "import %s (dtype, shards, --ep): moe eval %.8f, float64 numpy forward %.8f (relative difference %.1e)\n", c, a, b, d
+      exit !(d <= 1e-5) }' || fail "the $dtype import computes another function"
+  done
+  # A trained checkpoint: export -> import -> export gives the same files; the import evaluates the same.
+  base
+  ckpt="$WORK/base/checkpoints/step_00000020"
+  "$MOE" export "$ckpt" "$WORK/hf" 2>/dev/null || fail "export"
+  "$MOE" import "$WORK/hf" "$WORK/imp" --ep 2 2>/dev/null || fail "import of the export"
+  "$MOE" export "$WORK/imp" "$WORK/hf-again" 2>/dev/null || fail "export of the import"
+  for f in "$WORK"/hf/*; do cmp "$f" "$WORK/hf-again/$(basename "$f")" || fail "round trip: $(basename "$f") differs"; done
+  [ "$(ls "$WORK/hf" | wc -l)" -eq "$(ls "$WORK/hf-again" | wc -l)" ] || fail "round trip: another set of files"
+  echo "import: export -> import -> export: $(ls "$WORK/hf" | tr '\n' ' ')bit-identical"
+  before=$(eval_loss 1 "$ckpt"); after=$(eval_loss 1 "$WORK/imp")
+  [ "$before" = "$after" ] || fail "eval: $before before, $after after export and import"
+  echo "import: moe eval $before on the checkpoint and on its import"
+  # Training from the import (fresh AdamW moments, step 0): its first loss is the trained model's.
+  moe_train 2 "$WORK/imp/config.yaml" "${DATA[@]}" --set train.out_dir="$WORK/from-import" --set train.steps=2 \
+    --set train.log_every=1 --set data.seq_len=32 --resume "$WORK/imp" 2>"$WORK/train.log" ||
+    { cat "$WORK/train.log"; fail "training from the import"; }
+  first() { grep '"kind":"train"' "$1" | head -1 | grep -o '"loss":[^,}]*' | cut -d: -f2; }
+  last_base=$(grep '"kind":"train"' "$WORK/base/metrics.jsonl" | tail -1 | grep -o '"loss":[^,}]*' | cut -d: -f2)
+  awk -v a="$(first "$WORK/from-import/metrics.jsonl")" -v fresh="$(first "$WORK/base/metrics.jsonl")" -v b="$last_base" \
+    'BEGIN { printf "import: trained from it, step-1 loss %.4f (the base run: %.4f at step 1, %.4f at step 20)\n", a, fresh, b
+      exit !(a < fresh - 0.3 && (a - b) / b < 0.1 && (b - a) / b < 0.1) }' || fail "training did not start from the imported weights"
+  # Refusals: exit 2, one message, nothing written.
+  refused_import() {  # NAME EXPECTED HF_WRITE_OPTIONS... (then, after --, import options)
+    local name=$1 expected=$2 opts=() extra=()
+    shift 2
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
+    [ $# -gt 0 ] && { shift; extra=("$@"); }
+    rm -rf "$WORK/spoilt-hf" "$WORK/bad"*
+    "$PYTHON" "$SRC/tests/train/hf_write.py" "$WORK/spoilt-hf" "${opts[@]}"
+    expect_refused "import_$name" "$expected" "$MOE" import "$WORK/spoilt-hf" "$WORK/bad" "${extra[@]}"
+    [ -z "$(ls -d "$WORK/bad"* 2>/dev/null)" ] || fail "import_$name: left $(ls -d "$WORK/bad"*)"
+  }
+  refused_import llama "model_type is llama; moe imports Mixtral" --set 'model_type="llama"'
+  refused_import window "sliding_window is 16, which moe cannot express" --set sliding_window=16
+  refused_import rope_scaling "rope_scaling is {\"factor\":2.0,\"type\":\"linear\"}, which moe cannot express" \
+    --set 'rope_scaling={"type": "linear", "factor": 2.0}'
+  refused_import tied "tie_word_embeddings is true, which moe cannot express" --set tie_word_embeddings=true
+  refused_import gelu "hidden_act is \"gelu\", which moe cannot express" --set 'hidden_act="gelu"'
+  refused_import no_layers "num_hidden_layers is missing" --set num_hidden_layers=null
+  refused_import missing "lacks tensor model.layers.1.block_sparse_moe.experts.3.w2.weight" \
+    --drop model.layers.1.block_sparse_moe.experts.3.w2.weight
+  refused_import extra "does not have: model.layers.0.self_attn.q_proj.bias" --extra model.layers.0.self_attn.q_proj.bias
+  refused_import shape "tensor model.layers.0.self_attn.k_proj.weight is [17, 32]; config.json makes it [16, 32]" \
+    --reshape model.layers.0.self_attn.k_proj.weight --shards 2
+  refused_import dtype "tensor model.norm.weight is Int; expected float32, bfloat16 or float16" --int model.norm.weight
+  refused_import ep "--ep 3 must divide the 4 experts" -- --ep 3
+  mkdir -p "$WORK/taken" && "$PYTHON" "$SRC/tests/train/hf_write.py" "$WORK/ok-hf"
+  expect_refused import_exists "already exists; nothing was overwritten" "$MOE" import "$WORK/ok-hf" "$WORK/taken"
+  rm -rf "$WORK/spoilt-hf" && "$PYTHON" "$SRC/tests/train/hf_write.py" "$WORK/spoilt-hf" && echo '{"model_type": ' > "$WORK/spoilt-hf/config.json"
+  expect_refused import_not_json "config.json: not valid JSON" "$MOE" import "$WORK/spoilt-hf" "$WORK/bad"
   ;;
 *) fail "unknown part $part" ;;
 esac

@@ -3,11 +3,13 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -30,6 +32,12 @@ void write_text_file(const std::string& path, const std::string& text) {
   fsync_path(path);
 }
 
+std::string read_text_file(const std::string& path) {
+  std::ifstream is(path);
+  MOE_INPUT_CHECK(is.good(), "cannot read ", path);
+  return {std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>()};
+}
+
 void write_file_atomically(const std::string& path, const std::string& text) {
   write_text_file(path + ".tmp", text);
   fs::rename(path + ".tmp", path);
@@ -48,12 +56,6 @@ nlohmann::json file_entry(const std::string& dir, const std::string& name) {
   return {{"path", name}, {"bytes", bytes.size()}, {"crc32", crc32(bytes.data(), bytes.size())}};
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream is(path);
-  MOE_INPUT_CHECK(is.good(), "cannot read ", path);
-  return {std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>()};
-}
-
 // Copies each tensor of `from` into the live tensor of the same name, checking shape and dtype.
 void copy_into(const NamedTensors& live, const std::map<std::string, at::Tensor>& from, const std::string& file) {
   at::NoGradGuard no_grad;
@@ -67,6 +69,44 @@ void copy_into(const NamedTensors& live, const std::map<std::string, at::Tensor>
     at::Tensor dst = t;
     dst.copy_(it->second);
   }
+}
+
+// Every file of a checkpoint but its experts shards, which are already in `tmp` (bytes and CRC-32 of EP
+// rank j's in shards[j]), and the manifest over all of them; the generator state of world rank r is
+// rng_by_rank[r].
+void write_all_but_experts(const std::string& tmp, const CheckpointState& state,
+                           const std::vector<at::Tensor>& rng_by_rank, const std::string& config_yaml,
+                           int64_t num_experts, const std::vector<std::pair<int64_t, uint32_t>>& shards) {
+  const int64_t world_size = static_cast<int64_t>(rng_by_rank.size());
+  NamedTensors rng_tensors;
+  for (int64_t r = 0; r < world_size; ++r) rng_tensors.emplace_back("rank." + std::to_string(r), rng_by_rank[r]);
+  write_safetensors(tmp + "/rng.safetensors", rng_tensors, {});
+  write_safetensors(tmp + "/model.safetensors", state.replicated, {{"format", "moe-checkpoint"}});
+  write_text_file(tmp + "/config.yaml", config_yaml);
+  write_text_file(tmp + "/trainer.json", nlohmann::json({{"step", state.step},
+                                                        {"optimizer_steps", state.optimizer_steps},
+                                                        {"train_seconds", state.train_seconds},
+                                                        {"world_size", world_size}})
+                                             .dump(2) +
+                                         "\n");
+  nlohmann::json files = nlohmann::json::array();
+  for (const char* f : {"model.safetensors", "rng.safetensors", "config.yaml", "trainer.json"}) {
+    files.push_back(file_entry(tmp, f));
+  }
+  for (size_t j = 0; j < shards.size(); ++j) {
+    files.push_back({{"path", experts_file(static_cast<int64_t>(j))}, {"bytes", shards[j].first},
+                     {"crc32", shards[j].second}});
+  }
+  nlohmann::json manifest = {{"format", "moe-checkpoint"},
+                             {"version", kCheckpointVersion},
+                             {"step", state.step},
+                             {"world_size", world_size},
+                             {"expert_parallel_size", static_cast<int64_t>(shards.size())},
+                             {"num_experts", num_experts},
+                             {"files", files}};
+  seal_manifest(manifest);
+  write_text_file(tmp + "/manifest.json", manifest.dump(2) + "\n");
+  fsync_path(tmp);
 }
 
 // The files of one save into `tmp`, then moved into place and `latest` (collective; see save_checkpoint).
@@ -91,35 +131,13 @@ void write_checkpoint_files(const std::string& root, const std::string& tmp, con
   const at::Tensor rng = world.all_gather(state.rng_state.contiguous());
   all_ranks_succeed(world, [&] {
     if (world.rank() != 0) return;
-    nlohmann::json files = nlohmann::json::array();
-    NamedTensors rng_tensors;
-    for (int r = 0; r < world.size(); ++r) rng_tensors.emplace_back("rank." + std::to_string(r), rng[r]);
-    write_safetensors(tmp + "/rng.safetensors", rng_tensors, {});
-    write_safetensors(tmp + "/model.safetensors", state.replicated, {{"format", "moe-checkpoint"}});
-    write_text_file(tmp + "/config.yaml", config_yaml);
-    write_text_file(tmp + "/trainer.json", nlohmann::json({{"step", state.step},
-                                                          {"optimizer_steps", state.optimizer_steps},
-                                                          {"train_seconds", state.train_seconds},
-                                                          {"world_size", world.size()}})
-                                               .dump(2) +
-                                           "\n");
-    for (const char* f : {"model.safetensors", "rng.safetensors", "config.yaml", "trainer.json"}) {
-      files.push_back(file_entry(tmp, f));
-    }
+    std::vector<at::Tensor> rng_by_rank;
+    for (int r = 0; r < world.size(); ++r) rng_by_rank.push_back(rng[r]);
+    std::vector<std::pair<int64_t, uint32_t>> shards;
     for (int64_t j = 0; j < dims.ep_size; ++j) {  // EP rank j is world rank j (EDP rank 0)
-      files.push_back({{"path", experts_file(j)}, {"bytes", infos[j][0].item<int64_t>()},
-                       {"crc32", static_cast<uint32_t>(infos[j][1].item<int64_t>())}});
+      shards.emplace_back(infos[j][0].item<int64_t>(), static_cast<uint32_t>(infos[j][1].item<int64_t>()));
     }
-    nlohmann::json manifest = {{"format", "moe-checkpoint"},
-                               {"version", kCheckpointVersion},
-                               {"step", state.step},
-                               {"world_size", world.size()},
-                               {"expert_parallel_size", dims.ep_size},
-                               {"num_experts", dims.num_experts},
-                               {"files", files}};
-    seal_manifest(manifest);
-    write_text_file(tmp + "/manifest.json", manifest.dump(2) + "\n");
-    fsync_path(tmp);
+    write_all_but_experts(tmp, state, rng_by_rank, config_yaml, dims.num_experts, shards);
     // Fault injection for the tests: hold the save here, files written but not yet in place.
     if (const char* pause = std::getenv("MOE_CHECKPOINT_PAUSE_SECONDS")) {
       std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(pause)));
@@ -164,11 +182,46 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
 }
 
 
+StagingDirectory::StagingDirectory(const std::string& final_path, const std::string& what) : final_(final_path) {
+  MOE_INPUT_CHECK(!fs::exists(final_path), what, ": ", final_path, " already exists; nothing was overwritten");
+  const fs::path parent = fs::path(final_path).parent_path();
+  if (!parent.empty()) fs::create_directories(parent);
+  path_ = final_path + ".tmp-XXXXXX";
+  MOE_INPUT_CHECK(::mkdtemp(path_.data()) != nullptr, what, ": cannot create a directory beside ", final_path, ": ",
+                  std::strerror(errno));
+}
+
+StagingDirectory::~StagingDirectory() {
+  std::error_code ec;
+  if (!committed_) fs::remove_all(path_, ec);
+}
+
+void StagingDirectory::commit() {
+  fsync_path(path_);
+  fs::rename(path_, final_);
+  committed_ = true;
+}
+
+void write_checkpoint(const std::string& dir, const CheckpointState& state,
+                      const std::vector<NamedTensors>& experts_by_ep_rank, const std::vector<at::Tensor>& rng_by_rank,
+                      const std::string& config_yaml, int64_t num_experts) {
+  StagingDirectory tmp(dir, "checkpoint");
+  std::vector<std::pair<int64_t, uint32_t>> shards;
+  for (size_t j = 0; j < experts_by_ep_rank.size(); ++j) {
+    uint32_t crc = 0;
+    const int64_t bytes =
+        write_safetensors(tmp.path() + "/" + experts_file(static_cast<int64_t>(j)), experts_by_ep_rank[j], {}, &crc);
+    shards.emplace_back(bytes, crc);
+  }
+  write_all_but_experts(tmp.path(), state, rng_by_rank, config_yaml, num_experts, shards);
+  tmp.commit();
+}
+
 std::string resolve_checkpoint(const std::string& root, const std::string& which) {
   if (which != "latest") return which;
   const std::string latest = root + "/latest";
   MOE_INPUT_CHECK(fs::exists(latest), "no checkpoint to resume: ", latest, " does not exist");
-  std::string name = read_text(latest);
+  std::string name = read_text_file(latest);
   name.erase(name.find_last_not_of(" \n\r\t") + 1);
   MOE_INPUT_CHECK(!name.empty() && name.find('/') == std::string::npos, latest, ": does not name a checkpoint "
                   "directory (", name, ")");
@@ -177,7 +230,7 @@ std::string resolve_checkpoint(const std::string& root, const std::string& which
 
 nlohmann::json read_manifest(const std::string& dir) {
   MOE_INPUT_CHECK(fs::is_directory(dir), "checkpoint ", dir, " is not a directory");
-  return parse_manifest(read_text(dir + "/manifest.json"), dir + "/manifest.json");
+  return parse_manifest(read_text_file(dir + "/manifest.json"), dir + "/manifest.json");
 }
 
 std::map<std::string, Safetensors> verify_files(const std::string& dir, const nlohmann::json& manifest,
@@ -245,7 +298,7 @@ bool load_checkpoint(const std::string& dir, CheckpointState& state, const Paral
     copy_into(state.experts, experts, dir + "/" + names);
   }
   const std::string trainer_path = dir + "/trainer.json";
-  const nlohmann::json trainer = nlohmann::json::parse(read_text(trainer_path), nullptr, /*allow_exceptions=*/false);
+  const nlohmann::json trainer = nlohmann::json::parse(read_text_file(trainer_path), nullptr, /*allow_exceptions=*/false);
   MOE_INPUT_CHECK(trainer.is_object(), trainer_path, ": not a JSON object");
   const auto count = [&](const char* key) {
     MOE_INPUT_CHECK(trainer.contains(key) && trainer[key].is_number_integer() &&

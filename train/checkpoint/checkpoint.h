@@ -46,6 +46,30 @@ struct CheckpointState {
 std::string save_checkpoint(const std::string& root, const CheckpointState& state, const std::string& config_yaml,
                             Communicator& world, const ParallelDims& dims, int64_t keep_last);
 
+// A checkpoint written by one process (moe import): EP rank j's experts in experts_by_ep_rank[j], the
+// generator state of rank r of the run it stands for in rng_by_rank[r]. Into `dir`, which must not exist,
+// through a directory beside it that is renamed into place once complete.
+void write_checkpoint(const std::string& dir, const CheckpointState& state,
+                      const std::vector<NamedTensors>& experts_by_ep_rank, const std::vector<at::Tensor>& rng_by_rank,
+                      const std::string& config_yaml, int64_t num_experts);
+
+// A new directory beside `final_path` (final_path.tmp-XXXXXX, never one that is there already), renamed to
+// final_path by commit() and removed on destruction otherwise. `what` names the command in errors; a
+// final_path that exists is refused.
+class StagingDirectory {
+ public:
+  StagingDirectory(const std::string& final_path, const std::string& what);
+  ~StagingDirectory();
+  StagingDirectory(const StagingDirectory&) = delete;
+  StagingDirectory& operator=(const StagingDirectory&) = delete;
+  const std::string& path() const { return path_; }
+  void commit();  // fsyncs and renames
+
+ private:
+  std::string final_, path_;
+  bool committed_ = false;
+};
+
 // "latest" under `root`, or a directory: the checkpoint directory it names.
 std::string resolve_checkpoint(const std::string& root, const std::string& which);
 
@@ -64,6 +88,8 @@ std::map<std::string, Safetensors> verify_files(const std::string& dir, const nl
 // one it was saved with (returns whether it did). Every rank calls it; errors are bad input.
 bool load_checkpoint(const std::string& dir, CheckpointState& state, const ParallelDims& dims);
 
+// The whole of a text file; a missing or unreadable one is bad input naming it.
+std::string read_text_file(const std::string& path);
 // Writes `text` to `path` and fsyncs it.
 void write_text_file(const std::string& path, const std::string& text);
 // The same through `path`.tmp renamed over `path`: a reader sees the old file or the new one, never half.

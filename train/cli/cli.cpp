@@ -46,6 +46,13 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   exp->add_option("--max-shard-bytes", c.max_shard_bytes, "Split model.safetensors above this size")
       ->check(CLI::Range(kOne, int64_t{1} << 50));
 
+  CLI::App* imp = app.add_subcommand("import", "Turn a Hugging Face Mixtral checkpoint into a checkpoint to train from");
+  imp->add_option("hf_dir", c.hf_dir, "Folder with config.json and model.safetensors (or its index and shards)")
+      ->required();
+  imp->add_option("out", c.out_path, "Checkpoint directory to write (must not exist)")->required();
+  imp->add_option("--ep", c.import_ep, "Write the experts in this many files, as an EP run saves them (any EP loads "
+                  "them)")->check(CLI::Range(1, 1 << 20));
+
   CLI::App* checkpoint = app.add_subcommand("checkpoint", "Checkpoint tools");
   CLI::App* verify = checkpoint->add_subcommand("verify", "Check every file of a checkpoint against its manifest");
   verify->add_option("dir", c.checkpoint_dir, "Checkpoint directory")->required();
@@ -77,7 +84,7 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
     return rc == 0 ? 0 : 2;
   }
   const std::pair<CLI::App*, Command> commands[] = {
-      {train, Command::kTrain},       {eval, Command::kEval},         {exp, Command::kExport},
+      {train, Command::kTrain},       {eval, Command::kEval},         {exp, Command::kExport},   {imp, Command::kImport},
       {verify, Command::kCheckpointVerify}, {tokenize, Command::kTokenize}, {plan, Command::kPlan}};
   for (const auto& [sub, command] : commands) {
     if (sub->parsed()) {
@@ -90,7 +97,7 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
 }
 
 bool runs_in_engine(Command command) {
-  return command == Command::kTrain || command == Command::kEval || command == Command::kExport ||
+  return command == Command::kTrain || command == Command::kEval || command == Command::kExport || command == Command::kImport ||
          command == Command::kCheckpointVerify;
 }
 

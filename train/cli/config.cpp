@@ -266,10 +266,6 @@ void check_consistency(const Config& c, const Places& p, int world_size) {
 }  // namespace
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides, int world_size) {
-  Config config;
-  config.source = path;
-  Schema schema(config);
-  Places places(path);
   MOE_INPUT_CHECK(!std::filesystem::is_directory(path), "cannot read config file ", path, ": it is a directory");
   std::string text;
   {
@@ -277,6 +273,15 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     MOE_INPUT_CHECK(is.good(), "cannot read config file ", path);
     text.assign(std::istreambuf_iterator<char>(is), std::istreambuf_iterator<char>());
   }
+  return parse_config(text, path, overrides, world_size);
+}
+
+Config parse_config(const std::string& text, const std::string& path, const std::vector<std::string>& overrides,
+                    int world_size) {
+  Config config;
+  config.source = path;
+  Schema schema(config);
+  Places places(path);
   YAML::Node root;
   try {
     root = load_one_document(path, text);

@@ -146,6 +146,9 @@ void visit_config_options(C& c, Visitor& v) {
 // `true` mean what they do in the file), and checks everything, including what depends on the world
 // size (EP dividing it, the global batch divisible by micro-batch x world). world_size 0 skips those.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides, int world_size);
+// The same from the text of a config; `path` names it in errors.
+Config parse_config(const std::string& text, const std::string& path, const std::vector<std::string>& overrides,
+                    int world_size);
 
 // The resolved config as YAML, every key present (written to the run directory; loads back as is).
 std::string to_yaml(const Config& config);
