@@ -17,7 +17,8 @@ for m in moe dense; do
     continue
   fi
   mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 build/moe train \
-    "configs/brown-$m.yaml" --set train.steps=1500 --set train.eval_every=100 --set train.out_dir="$dir"
+    "configs/brown-$m.yaml" --set train.steps=1500 --set train.eval_every=100 --set checkpoint.every=750 \
+    --set train.out_dir="$dir"
 done
 # One markdown row per evaluation: tokens, then loss and training minutes of each.
 evals() {

@@ -1,7 +1,7 @@
-// `moe-engine`: the commands of moe that need libtorch (train, eval, export, import, checkpoint verify); `moe`
-// execs it with the same arguments (train/cli/cli.h). Library code throws moe::Error; this is the one place
-// that catches, logs (with the rank) and turns it into an exit code (2: bad input, 1: anything else). A
-// failure that not every rank saw aborts the whole job, so no peer waits forever in a collective.
+// `moe-engine`: the commands of moe that need libtorch (train, eval, export, import, upcycle, checkpoint
+// verify); `moe` execs it with the same arguments (train/cli/cli.h). Library code throws moe::Error; this is
+// the one place that catches, logs (with the rank) and turns it into an exit code (2: bad input, 1: anything
+// else). A failure that not every rank saw aborts the whole job, so no peer waits forever in a collective.
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
@@ -18,6 +18,7 @@
 #include "parallel/watchdog.h"
 #include "train/checkpoint/checkpoint.h"
 #include "train/checkpoint/huggingface.h"
+#include "train/checkpoint/upcycle.h"
 #include "train/device.h"
 #include "train/cli/cli.h"
 #include "train/cli/config.h"
@@ -106,13 +107,15 @@ int main(int argc, char** argv) {
       moe::ImportOptions options;
       options.expert_parallel_size = cl.import_ep;
       moe::import_huggingface(cl.hf_dir, cl.out_path, options);
+    } else if (cl.command == moe::Command::kUpcycle) {
+      moe::upcycle_checkpoint(cl.checkpoint_dir, moe::load_config(cl.config_path, cl.sets, 0), cl.out_path);
     } else if (cl.command == moe::Command::kCheckpointVerify) {
       const nlohmann::json manifest = moe::verify_checkpoint(cl.checkpoint_dir);
       std::cout << cl.checkpoint_dir << ": ok (step " << manifest["step"] << ", " << manifest["files"].size()
                 << " files, saved on " << manifest["world_size"] << " ranks with expert parallel "
                 << manifest["expert_parallel_size"] << ")" << std::endl;
     } else {
-      std::cerr << "moe-engine runs train, eval, export, import and checkpoint; run moe for the other commands" << std::endl;
+      std::cerr << "moe-engine runs train, eval, export, import, upcycle and checkpoint; run moe for the other commands" << std::endl;
       return 2;
     }
   } catch (const std::exception& e) {

@@ -8,6 +8,8 @@
 #   import    Hugging Face Mixtral folders written by an independent numpy script import and evaluate as
 #             that script's float64 forward; export -> import -> export is bit-identical; a run trains
 #             from an import; every malformed folder is refused with nothing written
+#   upcycle   a dense checkpoint upcycled to an MoE computes the dense model's function; training starts
+#             from it; mismatched models are refused with nothing written
 source "$(dirname "$0")/lib.sh"
 part=$1
 make_test_data
@@ -260,6 +262,43 @@ import)
   expect_refused import_exists "already exists; nothing was overwritten" "$MOE" import "$WORK/ok-hf" "$WORK/taken"
   rm -rf "$WORK/spoilt-hf" && "$PYTHON" "$SRC/tests/train/hf_write.py" "$WORK/spoilt-hf" && echo '{"model_type": ' > "$WORK/spoilt-hf/config.json"
   expect_refused import_not_json "config.json: not valid JSON" "$MOE" import "$WORK/spoilt-hf" "$WORK/bad"
+  ;;
+upcycle)
+  moe_train 2 "${TINY[@]}" --set moe.num_experts=0 --set train.out_dir="$WORK/dense" 2>"$WORK/dense.log" ||
+    { cat "$WORK/dense.log"; fail "dense run"; }
+  dense="$WORK/dense/checkpoints/step_00000020"
+  MOE_CFG=("$SRC/configs/tiny.yaml" --set moe.ffn_hidden_size=128 --set parallel.expert_parallel_size=2)
+  "$MOE" upcycle "$dense" "${MOE_CFG[@]}" "$WORK/up" 2>"$WORK/up.log" || { cat "$WORK/up.log"; fail "upcycle"; }
+  "$MOE" checkpoint verify "$WORK/up" >/dev/null || fail "the upcycled checkpoint does not verify"
+  for np in 1 2; do
+    a=$(eval_loss $np "$dense"); b=$(eval_loss $np "$WORK/up") || { cat "$WORK/eval.log"; fail "eval of the upcycled"; }
+    awk -v a="$a" -v b="$b" -v np=$np 'BEGIN { d = (a - b) / a; if (d < 0) d = -d;
+      printf "upcycle: on %d rank(s) moe eval %.10f dense, %.10f upcycled to 4 experts top-2 (relative difference %.1e)\n", np, a, b, d
+      exit !(d <= 1e-6) }' || fail "the upcycled model computes another function"
+  done
+  moe_train 2 "${TINY[@]}" --set moe.ffn_hidden_size=128 --set parallel.expert_parallel_size=2 \
+    --set train.out_dir="$WORK/moe" --set train.log_every=1 --set train.steps=22 --resume "$WORK/up" 2>"$WORK/moe.log" ||
+    { cat "$WORK/moe.log"; fail "training from the upcycled checkpoint"; }
+  loss() { grep '"kind":"train"' "$1" | sed -n "$2" | grep -o '"loss":[^,}]*' | cut -d: -f2; }
+  awk -v a="$(loss "$WORK/moe/metrics.jsonl" 1p)" -v fresh="$(loss "$WORK/dense/metrics.jsonl" 1p)" \
+    -v b="$(loss "$WORK/dense/metrics.jsonl" '$p')" 'BEGIN {
+      printf "upcycle: the MoE resumed from it at step 21 has loss %.4f (the dense run: %.4f at step 1, %.4f at step 20)\n", a, fresh, b
+      exit !(a < fresh - 0.3) }' || fail "training did not start from the dense weights"
+  refused_upcycle() {  # NAME EXPECTED DENSE_CKPT CONFIG_ARGS...
+    local name=$1 expected=$2 from=$3
+    shift 3
+    expect_refused "upcycle_$name" "$expected" "$MOE" upcycle "$from" "$@" "$WORK/bad"
+    [ ! -e "$WORK/bad" ] && [ -z "$(ls -d "$WORK"/bad.tmp-* 2>/dev/null)" ] || fail "upcycle_$name: left $WORK/bad"
+  }
+  refused_upcycle not_dense "is not a dense checkpoint (moe.num_experts 4)" "$WORK/up" "${MOE_CFG[@]}"
+  refused_upcycle to_dense "describes a dense model" "$dense" "$SRC/configs/tiny.yaml" --set moe.num_experts=0
+  refused_upcycle hidden "model.hidden_size is 32 in $SRC/configs/tiny.yaml but 64 in $dense/config.yaml" \
+    "$dense" "${MOE_CFG[@]}" --set model.hidden_size=32
+  refused_upcycle width "moe.ffn_hidden_size is 64 in $SRC/configs/tiny.yaml; each expert starts as a copy of the dense FFN" \
+    "$dense" "$SRC/configs/tiny.yaml"
+  refused_upcycle shared "has shared experts" "$dense" "${MOE_CFG[@]}" --set moe.num_shared_experts=1
+  expect_refused upcycle_exists "already exists; nothing was overwritten" "$MOE" upcycle "$dense" "${MOE_CFG[@]}" "$WORK/up"
+  "$MOE" checkpoint verify "$WORK/up" >/dev/null || fail "a refused upcycle touched the existing $WORK/up"
   ;;
 *) fail "unknown part $part" ;;
 esac

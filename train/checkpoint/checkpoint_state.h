@@ -8,6 +8,7 @@
 // Used by training (save, resume), `moe eval`, `moe export` and the checkpoint benchmark.
 #include <ATen/ATen.h>
 
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,5 +30,22 @@ std::string expert_tensor_name(const std::string& parameter_name, int64_t global
 // the model) and of `optimizer` when given (null: the model only; a load then skips the optimizer's
 // tensors in the files).
 CheckpointState make_checkpoint_state(const Transformer& model, const OptimizerState* optimizer);
+
+// A checkpoint of a new model with a fresh optimizer, as `moe import` and `moe upcycle` write it: the
+// whole model (EP 1) built from `options` (its own initialisation), zero AdamW moments and optimizer
+// steps, and `live`, every tensor the checkpoint will hold by its checkpoint name, for the caller to
+// overwrite (and state.step to set) before write().
+struct FreshCheckpoint {
+  explicit FreshCheckpoint(const TransformerOptions& options);
+  // Into `dir` (which must not exist) with the experts in `ep` files, as EP rank j's of a run of `ep`
+  // ranks, each rank's generator seeded as the trainer seeds a fresh run of `seed`.
+  void write(const std::string& dir, const std::string& config_yaml, int64_t ep, uint64_t seed) const;
+  int64_t num_parameters() const;
+
+  Transformer model;
+  OptimizerState moments;
+  CheckpointState state;
+  std::map<std::string, at::Tensor> live;
+};
 
 }  // namespace moe

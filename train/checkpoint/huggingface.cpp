@@ -2,8 +2,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <ATen/CPUGeneratorImpl.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -284,17 +282,7 @@ int64_t import_huggingface(const std::string& hf_dir, const std::string& out_dir
   parse_config(yaml, config_path + " (as moe's config.yaml)", {}, 0);
   std::map<std::string, at::Tensor> weights = read_hf_weights(hf_dir);
 
-  // The live tensors a checkpoint of this model holds: the whole model (EP 1), fresh AdamW moments.
-  Transformer model(c.model);
-  OptimizerState moments = {{"exp_avg", {}}, {"exp_avg_sq", {}}};
-  for (const ParameterRecord& p : model->parameter_records()) {
-    for (auto& kind : moments) kind.second.push_back(at::zeros_like(p.tensor));
-  }
-  CheckpointState state = make_checkpoint_state(model, &moments);
-  std::map<std::string, at::Tensor> live;
-  for (const auto* list : {&state.replicated, &state.experts}) {
-    for (const auto& [name, t] : *list) live.emplace(name, t);
-  }
+  FreshCheckpoint checkpoint(c.model);
   at::NoGradGuard no_grad;
   for (const MixtralTensor& m : mixtral_tensors(c.model)) {
     const auto it = weights.find(m.hf);
@@ -303,7 +291,7 @@ int64_t import_huggingface(const std::string& hf_dir, const std::string& out_dir
     MOE_INPUT_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16 || w.scalar_type() == at::kHalf,
                     "import: ", hf_dir, ": tensor ", m.hf, " is ", w.scalar_type(),
                     "; expected float32, bfloat16 or float16");
-    at::Tensor dst = live.at(m.ours);
+    at::Tensor dst = checkpoint.live.at(m.ours);
     if (m.expert >= 0) dst = dst.t();
     MOE_INPUT_CHECK(w.sizes() == dst.sizes(), "import: ", hf_dir, ": tensor ", m.hf, " is ", w.sizes(),
                     "; config.json makes it ", dst.sizes());
@@ -313,26 +301,10 @@ int64_t import_huggingface(const std::string& hf_dir, const std::string& out_dir
   MOE_INPUT_CHECK(weights.empty(), "import: ", hf_dir, " holds tensors a Mixtral of this config.json does not have: ",
                   weights.begin()->first, weights.size() > 1 ? " and " + std::to_string(weights.size() - 1) + " more" : "");
 
-  // The experts of EP rank j in file j; rank r's generator as a fresh run of the config's seed starts it.
-  std::vector<NamedTensors> experts(ep);
-  for (auto& item : state.experts) {
-    const std::string& name = item.first;
-    const size_t last = name.rfind('.'), before = name.rfind('.', last - 1);
-    const int64_t expert = std::stoll(name.substr(before + 1, last - before - 1));
-    experts[expert / (E / ep)].push_back(item);
-  }
-  std::vector<at::Tensor> rng;
-  for (int64_t r = 0; r < ep; ++r) {
-    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(c.train.seed + 1000003ull * static_cast<uint64_t>(r + 1));
-    rng.push_back(g.get_state());
-  }
-  write_checkpoint(out_dir, state, experts, rng, yaml, E);
+  checkpoint.write(out_dir, yaml, ep, c.train.seed);
   spdlog::info("imported {} ({} layers, {} experts top-{}, {} parameters) to {} (step 0, fresh optimizer, {} expert "
-               "shard(s))", hf_dir, c.model.num_layers, E, c.model.moe.router.top_k, [&] {
-                 int64_t n = 0;
-                 for (const ParameterRecord& p : model->parameter_records()) n += p.tensor.numel();
-                 return n;
-               }(), out_dir, ep);
+               "file(s))", hf_dir, c.model.num_layers, E, c.model.moe.router.top_k, checkpoint.num_parameters(), out_dir,
+               ep);
   return static_cast<int64_t>(mixtral_tensors(c.model).size());
 }
 

@@ -53,6 +53,14 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   imp->add_option("--ep", c.import_ep, "Write the experts in this many files, as an EP run saves them (any EP loads "
                   "them)")->check(CLI::Range(1, 1 << 20));
 
+  CLI::App* upcycle = app.add_subcommand("upcycle", "Turn a dense checkpoint into an MoE one, every expert a copy of "
+                                          "its layer's FFN");
+  upcycle->add_option("dense", c.checkpoint_dir, "The dense checkpoint directory")->required();
+  upcycle->add_option("config", c.config_path, "The MoE experiment, a YAML file (its model as the dense one's)")
+      ->required();
+  upcycle->add_option("out", c.out_path, "Checkpoint directory to write (must not exist)")->required();
+  upcycle->add_option("--set", c.sets, "Override a config key (repeatable)");
+
   CLI::App* checkpoint = app.add_subcommand("checkpoint", "Checkpoint tools");
   CLI::App* verify = checkpoint->add_subcommand("verify", "Check every file of a checkpoint against its manifest");
   verify->add_option("dir", c.checkpoint_dir, "Checkpoint directory")->required();
@@ -85,6 +93,7 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   }
   const std::pair<CLI::App*, Command> commands[] = {
       {train, Command::kTrain},       {eval, Command::kEval},         {exp, Command::kExport},   {imp, Command::kImport},
+      {upcycle, Command::kUpcycle},
       {verify, Command::kCheckpointVerify}, {tokenize, Command::kTokenize}, {plan, Command::kPlan}};
   for (const auto& [sub, command] : commands) {
     if (sub->parsed()) {
@@ -98,6 +107,7 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
 
 bool runs_in_engine(Command command) {
   return command == Command::kTrain || command == Command::kEval || command == Command::kExport || command == Command::kImport ||
+         command == Command::kUpcycle ||
          command == Command::kCheckpointVerify;
 }
 

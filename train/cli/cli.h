@@ -10,19 +10,19 @@
 
 namespace moe {
 
-enum class Command { kNone, kTrain, kEval, kExport, kImport, kCheckpointVerify, kTokenize, kPlan };
+enum class Command { kNone, kTrain, kEval, kExport, kImport, kUpcycle, kCheckpointVerify, kTokenize, kPlan };
 
 struct CommandLine {
   Command command = Command::kNone;
-  std::string config_path;       // train, plan
-  std::vector<std::string> sets;  // train, plan: --set key=value
+  std::string config_path;       // train, plan, upcycle
+  std::vector<std::string> sets;  // train, plan, upcycle: --set key=value
   std::string resume;             // train
-  std::string checkpoint_dir;     // eval, export, checkpoint verify
+  std::string checkpoint_dir;     // eval, export, upcycle (the dense one), checkpoint verify
   std::string hf_dir;             // import
   int64_t import_ep = 1;          // import --ep
   std::string data_path;          // eval
   int64_t seq_len = 0, windows = 0;  // eval
-  std::string out_path;           // export, import, tokenize
+  std::string out_path;           // export, import, upcycle, tokenize
   std::string export_dtype = "float32";
   int64_t max_shard_bytes = 5'000'000'000LL;
   std::vector<std::string> files;  // tokenize
