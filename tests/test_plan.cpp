@@ -169,5 +169,18 @@ TEST(Plan, Mixtral8x7bHasMistralsPublishedSizes) {
   EXPECT_NEAR(static_cast<double>(p.active_params), 12.9e9, 0.01 * 12.9e9);
 }
 
+// xAI publishes 314B parameters; moe keeps the output head apart from the embedding, which Grok-1 ties
+// (131072 x 6144 = 0.81B more). Active: 2 of 8 experts in 64 layers are 77.3B of the 84.6B moe counts
+// (configs/grok-1.yaml says why that is xAI's "25% of the weights").
+TEST(Plan, Grok1HasXaisPublishedSize) {
+  const Config c = load_config(std::string(MOE_SOURCE_DIR) + "/configs/grok-1.yaml", {}, 64);
+  const Plan p = make_plan(c, 64);
+  EXPECT_NEAR(static_cast<double>(p.total_params), 314e9, 0.02 * 314e9);
+  EXPECT_NEAR(static_cast<double>(p.total_params - 131072 * 6144), 314e9, 0.01 * 314e9);  // 315.7B tied
+  const double active_experts = 64.0 * 2 * 3 * 6144 * 32768;
+  EXPECT_NEAR(active_experts, 0.25 * 314e9, 0.02 * 0.25 * 314e9);
+  EXPECT_NEAR(static_cast<double>(p.active_params), 84.56e9, 0.001 * 84.56e9);
+}
+
 }  // namespace
 }  // namespace moe
