@@ -27,6 +27,10 @@ void validate(const TransformerOptions& o) {
   if (e.router.top_k > e.router.num_experts) {
     fail("moe.top_k", n(e.router.top_k) + " must not exceed moe.num_experts " + n(e.router.num_experts));
   }
+  if (e.shared_expert_ffn_hidden_size > 0 && e.num_shared_experts == 0) {
+    fail("moe.shared_expert_ffn_hidden_size", n(e.shared_expert_ffn_hidden_size) +
+                                                  " sizes shared experts, but moe.num_shared_experts is 0");
+  }
   if (e.first_dense_layers >= o.num_layers) {
     fail("moe.first_dense_layers", n(e.first_dense_layers) + " leaves no MoE layer in a model of " +
                                        std::to_string(o.num_layers) + " layers");

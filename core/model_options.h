@@ -78,8 +78,15 @@ struct MoEOptions {
   RouterOptions router;
   int64_t ffn_hidden_size = 512;  // width of each routed expert
   ExpertType expert_type = ExpertType::kSwiGLU;
-  // Shared experts run as one dense MLP of width num_shared_experts * ffn_hidden_size (DeepSeekMoE).
+  // Shared experts run as one dense MLP beside the routed ones, of width num_shared_experts *
+  // ffn_hidden_size (DeepSeekMoE), or shared_expert_ffn_hidden_size when set (Megatron's
+  // moe_shared_expert_intermediate_size; Snowflake Arctic's dense residual MLP is as wide as the model).
   int64_t num_shared_experts = 0;
+  int64_t shared_expert_ffn_hidden_size = 0;
+  int64_t shared_ffn_width() const {
+    if (num_shared_experts == 0) return 0;
+    return shared_expert_ffn_hidden_size > 0 ? shared_expert_ffn_hidden_size : num_shared_experts * ffn_hidden_size;
+  }
   // Layer i (from 0) is an MoE layer when i >= first_dense_layers and (i + 1) % layer_freq == 0:
   // 1 everywhere (Mixtral), 2 every other layer starting with the second (GLaM, Llama 4); the first
   // first_dense_layers layers stay dense (DeepSeek-V3).
@@ -142,6 +149,7 @@ void visit_model_options(Options& o, Visitor& v) {  // Options: TransformerOptio
   v.integer("moe.layer_freq", e.layer_freq, 1);
   v.integer("moe.first_dense_layers", e.first_dense_layers, 0);
   v.integer("moe.num_shared_experts", e.num_shared_experts, 0);
+  v.integer("moe.shared_expert_ffn_hidden_size", e.shared_expert_ffn_hidden_size, 0);
   v.choice("moe.expert_type", e.expert_type);
   v.choice("moe.score_function", r.score_function);
   v.boolean("moe.normalize_topk", r.normalize_topk);

@@ -22,7 +22,7 @@ MoELayerImpl::MoELayerImpl(const TransformerOptions& options, const ExpertParall
   experts = register_module("experts", Experts(eo));
   if (options_.num_shared_experts > 0) {
     eo.num_experts = 1;
-    eo.ffn_hidden_size = options_.ffn_hidden_size * options_.num_shared_experts;
+    eo.ffn_hidden_size = options_.shared_ffn_width();
     shared_experts = register_module("shared_experts", Experts(eo));
   }
 }

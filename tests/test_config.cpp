@@ -46,7 +46,10 @@ TEST(Config, EveryShippedConfigLoads) {
   for (const auto& entry : std::filesystem::directory_iterator(source_path("configs"))) {
     const std::string path = entry.path().string();
     const bool full_size = path.find("8x7b") != std::string::npos || path.find("grok-1") != std::string::npos;
-    const int world = path.find("671b") != std::string::npos ? 256 : full_size ? 64 : 2;
+    const int world = path.find("671b") != std::string::npos   ? 256
+                      : path.find("480b") != std::string::npos ? 128
+                      : full_size                              ? 64
+                                                               : 2;
     EXPECT_NO_THROW(load_config(path, {}, world)) << path;
   }
 }

@@ -22,6 +22,7 @@ struct Case {
   Capacity capacity = Capacity::kDropless;
   double capacity_factor = 0.75;
   int64_t num_shared = 0;
+  int64_t shared_width = 0;  // moe.shared_expert_ffn_hidden_size
   bool bias = false;
   ExpertType type = ExpertType::kSwiGLU;
 };
@@ -44,6 +45,7 @@ TransformerOptions options_for(const Case& c) {
   o.moe.ffn_hidden_size = c.F;
   o.moe.expert_type = c.type;
   o.moe.num_shared_experts = c.num_shared;
+  o.moe.shared_expert_ffn_hidden_size = c.shared_width;
   return o;
 }
 
@@ -300,6 +302,17 @@ TEST(MoELayerEdges, SharedExpertsAddADenseMLP) {
   c.num_shared = 2;
   MoELayer layer(options_for(c));
   EXPECT_EQ(layer->shared_experts->w1.size(2), 2 * c.F);
+  expect_matches_reference(c, layer, at::randn({c.T, c.D}));
+}
+
+// Snowflake Arctic's dense MLP beside the MoE: one shared MLP of a width of its own.
+TEST(MoELayerEdges, SharedExpertOfItsOwnWidth) {
+  at::manual_seed(13);
+  Case c;
+  c.num_shared = 1;
+  c.shared_width = 3 * c.F + 5;
+  MoELayer layer(options_for(c));
+  EXPECT_EQ(layer->shared_experts->w1.size(2), c.shared_width);
   expect_matches_reference(c, layer, at::randn({c.T, c.D}));
 }
 

@@ -197,5 +197,27 @@ TEST(Plan, DeepSeekV3HasItsPublishedSizesButForMLA) {
   EXPECT_EQ(p.num_moe_layers, 58);
 }
 
+// Snowflake Arctic publishes 480B and 17B active: a 10B dense transformer (attention and a 7168-wide MLP
+// in each of 35 layers, embedding and head) and 128 experts of 3.66B over the model, 2 active.
+TEST(Plan, ArcticHasSnowflakesPublishedSizes) {
+  const Config c = load_config(std::string(MOE_SOURCE_DIR) + "/configs/arctic-480b.yaml", {}, 128);
+  const Plan p = make_plan(c, 128);
+  EXPECT_NEAR(static_cast<double>(p.total_params), 480e9, 0.02 * 480e9);
+  EXPECT_NEAR(static_cast<double>(p.active_params), 17e9, 0.02 * 17e9);
+  const double dense = 35.0 * (2 * 7168.0 * 7168 + 2 * 7168.0 * 1024 + 3 * 7168.0 * 7168) + 2 * 32000.0 * 7168;
+  EXPECT_NEAR(dense, 10e9, 0.01 * 10e9);
+  EXPECT_NEAR(35.0 * 3 * 7168 * 4864, 3.66e9, 0.01 * 3.66e9);  // one expert over the model
+}
+
+// A shared-expert width of its own (Arctic's dense MLP) sizes the shared MLP instead of the routed width.
+TEST(Plan, SharedExpertWidthOfItsOwn) {
+  const std::string tiny = std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml";
+  const Plan a = make_plan(load_config(tiny, {"moe.num_shared_experts=2"}, 1), 1);
+  const Plan b = make_plan(load_config(tiny, {"moe.num_shared_experts=2", "moe.shared_expert_ffn_hidden_size=100"}, 1), 1);
+  EXPECT_EQ(b.total_params - a.total_params, 2 * 3 * 64 * (100 - 2 * 64));
+  EXPECT_EQ(b.active_params - a.active_params, 2 * 3 * 64 * (100 - 2 * 64));
+  EXPECT_THROW(load_config(tiny, {"moe.shared_expert_ffn_hidden_size=100"}, 1), Error);
+}
+
 }  // namespace
 }  // namespace moe

@@ -20,7 +20,8 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
   const N attention = 2 * D * H * hd + 2 * D * KV * hd + 2 * D;  // projections and the two norms
   const N dense_ffn = 3 * D * static_cast<N>(o.ffn_hidden_size);
   const N expert = expert_matrices * D * F;
-  const N shared = static_cast<N>(o.moe.num_shared_experts) * expert;
+  const N shared_width = static_cast<N>(o.moe.shared_ffn_width());
+  const N shared = expert_matrices * D * shared_width;
   const N outside = 2 * V * D + D;  // embedding, untied head, final norm
   const N experts_per_rank = static_cast<N>(o.moe.router.num_experts / c.parallel.expert_parallel_size);
 
@@ -40,7 +41,7 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
   const N norm = b * D + f;
   const N attention_saved = norm + b * (2 * H * hd + 2 * KV * hd + KV * hd + H * hd + D) + f * H * (hd + 1);
   const N per_copy = b * (expert_matrices == 3 ? 4 : 2) * F;
-  const N shared_saved = static_cast<N>(o.moe.num_shared_experts) * per_copy;
+  const N shared_saved = b * (expert_matrices == 3 ? 4 : 2) * shared_width;
   // One exchange's send buffer: the rows leave it before backward, but it is live while they go.
   const N dispatch_rows = K * D;
   N kept = 0, largest = 0, largest_recomputed = 0, largest_layer = 0;
@@ -108,7 +109,7 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
   // buffer. The sharded optimizer reduce-scatters through one buffer: buckets of up to 32 MiB, but a
   // larger tensor makes a bucket of its own (the embedding, the head, a layer's stack of local experts'
   // matrices).
-  N largest_tensor = std::max({V * D, D * H * hd, experts_per_rank * D * F, static_cast<N>(o.moe.num_shared_experts) * D * F});
+  N largest_tensor = std::max({V * D, D * H * hd, experts_per_rank * D * F, shared_width * D});
   if (p.num_moe_layers < static_cast<N>(o.num_layers)) largest_tensor = std::max(largest_tensor, D * static_cast<N>(o.ffn_hidden_size));
   const N bucket =
       c.train.shard_optimizer ? std::min<N>(std::max<N>(N{33554432}, 4 * largest_tensor), p.grad_bytes) : N{0};
