@@ -134,7 +134,7 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
       CheckpointState state = checkpoint_state(moments);
       const bool same_world = load_checkpoint(dir, state, dims_);
       start_step_ = state.step;
-      elapsed_ = state.train_seconds;
+      elapsed_ = elapsed_at_start_ = state.train_seconds;
       optimizer_->set_steps(state.optimizer_steps);
       if (same_world) {
         at::Generator generator = at::detail::getDefaultCPUGenerator();
@@ -376,7 +376,10 @@ void Trainer::report(const Pending& pending) {
   const double gflops = flops_per_token_ * tokens_per_s / world_.size() / 1e9;  // per rank
   const double mfu = gflops * 1e9 / gemm_peak_;
   if (step % t.log_every == 0 || step == 1 || step == t.steps) {
-    const double eta = elapsed_ / static_cast<double>(step) * static_cast<double>(t.steps - step);
+    // From this process's steps alone: a checkpoint's seconds may belong to another machine, or (an upcycled
+    // or imported one) to no steps at all.
+    const double eta = (elapsed_ - elapsed_at_start_) / static_cast<double>(step - start_step_) *
+                       static_cast<double>(t.steps - step);
     spdlog::info("step {}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad norm {:.3f} | dropped {:.2f}% | "
                  "{:.0f} tokens/s | {:.1f} GFLOP/s per rank, MFU {:.1f}% | ETA {}",
                  step, t.steps, loss, aux, stats.lr, stats.grad_norm, 100 * dropped, tokens_per_s, gflops, 100 * mfu,

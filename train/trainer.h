@@ -89,6 +89,7 @@ class Trainer {
   // Fault injection for the tests: MOE_FAULT_NONFINITE_STEP=S makes the last rank's loss NaN at step S.
   int64_t fault_nonfinite_step_ = -1;
   double elapsed_ = 0;  // seconds spent in training steps
+  double elapsed_at_start_ = 0;  // of them, before this process's first step (a resume's)
   double flops_per_token_ = 0;  // model FLOPs, forward and backward (moe plan's count)
   double gemm_peak_ = 0;        // FLOP/s of this rank's device, measured at start: MFU's denominator
   PhaseTimes phases_;           // this step's, with train.profile
