@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <string>
 
 #include "core/check.h"
 
@@ -18,8 +19,10 @@ enum class ScoreFunction { kSoftmax, kSigmoid };
 enum class DropPolicy { kProbability, kPosition };
 // Over which tokens the balance loss counts assignments: this rank's micro-batch, or every rank's
 // (counts all-reduced over the aux group; each rank's P_i stays local, so the mean of the ranks' losses
-// is the loss of the global batch and each rank's gradient is its share of that loss's gradient).
-enum class AuxLossScope { kMicroBatch, kGlobal };
+// is the loss of the global batch and each rank's gradient is its share of that loss's gradient), or
+// each sequence on its own, the mean over the sequences (DeepSeek-V3's sequence-wise balance loss: no
+// single sequence may lean on a few experts).
+enum class AuxLossScope { kMicroBatch, kGlobal, kSequence };
 // SwiGLU: w2(silu(x w1) * (x w3)), as Mixtral. GELU: w2(gelu(x w1)), as Switch and GShard.
 enum class ExpertType { kSwiGLU, kGELU };
 
@@ -45,7 +48,8 @@ inline const EnumNames<DropPolicy>& enum_names(DropPolicy) {
 }
 inline const EnumNames<AuxLossScope>& enum_names(AuxLossScope) {
   static const EnumNames<AuxLossScope> names = {{"micro_batch", AuxLossScope::kMicroBatch},
-                                                {"global", AuxLossScope::kGlobal}};
+                                                {"global", AuxLossScope::kGlobal},
+                                                {"sequence", AuxLossScope::kSequence}};
   return names;
 }
 inline const EnumNames<ExpertType>& enum_names(ExpertType) {
@@ -59,6 +63,16 @@ struct RouterOptions {
   ScoreFunction score_function = ScoreFunction::kSoftmax;
   // Rescale the k chosen weights to sum to 1 (Mixtral, DeepSeek-V3). Off: the raw scores (Switch).
   bool normalize_topk = true;
+  // Node-limited routing (DeepSeek-V3): the experts are num_groups equal groups of consecutive ids; a
+  // token first picks its group_topk groups by the sum of each group's two highest scores, then its
+  // top_k experts inside them. Under expert parallelism the groups' edges must be ranks' edges, so that a
+  // token's experts sit on at most group_topk ranks (num_groups = EP size: a group is a rank) or groups
+  // of consecutive ranks (num_groups dividing the EP size: a node). 0: no groups.
+  int64_t num_groups = 0;
+  int64_t group_topk = 0;
+  // Multiplies the gate weights after normalisation (DeepSeek-V3: 2.5), so that normalised weights
+  // summing to 1 do not shrink the routed experts' share beside the shared expert.
+  double routed_scaling_factor = 1.0;
   // capacity = ceil(factor * tokens * top_k / num_experts); nullopt means dropless, 0 drops everything.
   std::optional<double> capacity_factor;
   std::optional<double> eval_capacity_factor;
@@ -96,6 +110,9 @@ struct MoEOptions {
   // slice's experts computing while the next slices travel (Tutel's a2a_ffn_overlap_degree). 1: one
   // exchange each way.
   int64_t a2a_overlap_degree = 1;
+  // Under expert parallelism: dispatch sends a token once to each rank holding any of its experts, not
+  // once per expert (TokenDispatcher), so a token's experts on one rank cost one row of the exchange.
+  bool dispatch_once_per_rank = true;
   // Debug: cross-check split sizes between EP ranks before each exchange (TokenDispatcher).
   bool check_splits = false;
 };
@@ -153,6 +170,9 @@ void visit_model_options(Options& o, Visitor& v) {  // Options: TransformerOptio
   v.choice("moe.expert_type", e.expert_type);
   v.choice("moe.score_function", r.score_function);
   v.boolean("moe.normalize_topk", r.normalize_topk);
+  v.integer("moe.num_groups", r.num_groups, 0);
+  v.integer("moe.group_topk", r.group_topk, 0);
+  v.real("moe.routed_scaling_factor", r.routed_scaling_factor, 0, false, kInf);
   v.optional_real("moe.capacity_factor", r.capacity_factor, 0);
   v.optional_real("moe.eval_capacity_factor", r.eval_capacity_factor, 0);
   v.choice("moe.drop_policy", r.drop_policy);
@@ -162,6 +182,7 @@ void visit_model_options(Options& o, Visitor& v) {  // Options: TransformerOptio
   v.real("moe.z_loss_coeff", r.z_loss_coeff, 0, true, kInf);
   v.real("moe.bias_update_rate", r.bias_update_rate, 0, true, kInf);
   v.integer("moe.a2a_overlap_degree", e.a2a_overlap_degree, 1);
+  v.boolean("moe.dispatch_once_per_rank", e.dispatch_once_per_rank);
   v.boolean("moe.check_splits", e.check_splits);
 }
 
@@ -169,5 +190,9 @@ void visit_model_options(Options& o, Visitor& v) {  // Options: TransformerOptio
 // top_k within the experts, at least one MoE layer, ...); throws OptionError. The config loader runs it
 // on what a file set, and every module's constructor on what it is given.
 void validate(const TransformerOptions& o);
+
+// Why the router's groups do not fit an expert-parallel group of ep_size ranks (a group straddling two
+// ranks' edges, so that node-limited routing would not limit ranks), or "" when they fit or are off.
+std::string groups_misfit_ranks(const RouterOptions& r, int64_t ep_size);
 
 }  // namespace moe

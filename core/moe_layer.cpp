@@ -10,7 +10,9 @@ MoELayerImpl::MoELayerImpl(const TransformerOptions& options, const ExpertParall
   const ParallelDims shard = parallel.shard(options_.router.num_experts);
   MOE_CHECK(shard.num_experts == options_.router.num_experts, "moe layer: the parallel dims shard ",
             shard.num_experts, " experts, the layer has ", options_.router.num_experts);
-  dispatcher_ = make_token_dispatcher(shard, parallel.ep_group, options_.check_splits);
+  const std::string misfit = groups_misfit_ranks(options_.router, shard.ep_size);
+  MOE_CHECK(misfit.empty(), "moe layer: moe.num_groups ", misfit);
+  dispatcher_ = make_token_dispatcher(shard, parallel.ep_group, options_.check_splits, options_.dispatch_once_per_rank);
   first_local_expert_ = shard.first_local_expert;
   router = register_module("router", Router(options, parallel.aux_group));
   ExpertsOptions eo;
@@ -52,7 +54,8 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x) {
   MoEOutput out;
   {
     ScopedPhase timer(times_, &PhaseTimes::route);
-    out.routing = router->forward(x_TD);
+    // A [..., S, D] input is sequences of S tokens, which a sequence-scope balance loss needs to know.
+    out.routing = router->forward(x_TD, x.dim() >= 3 ? x.size(-2) : 0);
   }
   // The tokens go in `chunks` slices (Tutel's overlap degree): every slice's exchange is started at once,
   // then each slice's experts run while the later slices' rows are still travelling, and each slice's

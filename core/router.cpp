@@ -1,6 +1,7 @@
 #include "core/router.h"
 
 #include <cmath>
+#include <limits>
 
 #include "core/check.h"
 #include "parallel/communicator.h"
@@ -53,7 +54,23 @@ at::Tensor capacity_keep_mask(const at::Tensor& expert_ids_TK, const at::Tensor&
   return keep.view(expert_ids_TK.sizes());
 }
 
-Routing RouterImpl::route(const at::Tensor& logits_TE, bool training) const {
+namespace {
+
+// DeepSeek-V3's node-limited routing: each token's selection scores outside its group_topk best groups
+// (ranked by the sum of their two best scores) become -inf, so that top-k cannot reach them.
+at::Tensor limit_to_top_groups(const at::Tensor& selection_TE, int64_t groups, int64_t group_topk) {
+  const int64_t T = selection_TE.size(0), per_group = selection_TE.size(1) / groups;
+  const at::Tensor by_group = selection_TE.view({T, groups, per_group});
+  const at::Tensor group_scores =
+      std::get<0>(at::topk(by_group, std::min<int64_t>(2, per_group), -1, true, false)).sum(-1);
+  const at::Tensor chosen = std::get<1>(at::topk(group_scores, group_topk, -1, true, false));
+  const at::Tensor outside = at::ones({T, groups}, selection_TE.options().dtype(at::kBool)).scatter_(1, chosen, false);
+  return by_group.masked_fill(outside.unsqueeze(-1), -std::numeric_limits<float>::infinity()).view({T, -1});
+}
+
+}  // namespace
+
+Routing RouterImpl::route(const at::Tensor& logits_TE, bool training, int64_t tokens_per_sequence) const {
   const auto& o = options_;
   MOE_CHECK(logits_TE.dim() == 2 && logits_TE.size(1) == o.num_experts, "router: logits must be [T, ",
             o.num_experts, "], got ", logits_TE.sizes());
@@ -65,7 +82,8 @@ Routing RouterImpl::route(const at::Tensor& logits_TE, bool training) const {
   Routing r;
   {
     at::NoGradGuard no_grad;
-    const at::Tensor selection = o.bias_update_rate > 0 ? scores + expert_bias : scores;
+    at::Tensor selection = o.bias_update_rate > 0 ? scores + expert_bias : scores;
+    if (o.num_groups > 0) selection = limit_to_top_groups(selection, o.num_groups, o.group_topk);
     r.expert_ids_TK = std::get<1>(at::topk(selection, K, -1, /*largest=*/true, /*sorted=*/true));
     r.routed_per_expert_E = at::bincount(r.expert_ids_TK.reshape({-1}), {}, E);
   }
@@ -79,20 +97,36 @@ Routing RouterImpl::route(const at::Tensor& logits_TE, bool training) const {
   } else {
     probs = scores.gather(1, r.expert_ids_TK);
   }
+  if (o.routed_scaling_factor != 1.0) probs = probs * o.routed_scaling_factor;
 
   // Switch/GShard balance loss: f_i is the fraction of assignments (before capacity) sent to expert i,
   // P_i the mean score of expert i (sigmoid scores normalised per token first, as DeepSeek-V3 does).
   // With perfect balance it is 1.
   const at::Tensor score_dist =
       o.score_function == ScoreFunction::kSoftmax ? scores : scores / (scores.sum(-1, true) + 1e-20);
-  at::Tensor routed = r.routed_per_expert_E;
-  if (o.aux_loss_scope == AuxLossScope::kGlobal && aux_group_ && aux_group_->size() > 1) {
-    routed = routed.clone();
-    aux_group_->all_reduce(routed, ReduceOp::kSum);
+  if (o.aux_loss_scope == AuxLossScope::kSequence) {
+    const int64_t S = tokens_per_sequence > 0 ? tokens_per_sequence : std::max<int64_t>(T, 1);
+    MOE_CHECK(T % S == 0, "router: ", T, " tokens are not sequences of ", S);
+    const int64_t B = T / S;
+    at::Tensor routed_BE;
+    {
+      at::NoGradGuard no_grad;
+      routed_BE = at::zeros({B, E}, logits.options()).scatter_add_(
+          1, r.expert_ids_TK.view({B, S * K}), at::ones({B, S * K}, logits.options()));
+    }
+    const at::Tensor f = routed_BE / static_cast<double>(S * K);
+    const at::Tensor P = score_dist.view({B, S, E}).mean(1);
+    r.aux_loss = B > 0 ? (f * P).sum(-1).mean() * static_cast<double>(E) : logits.sum();
+  } else {
+    at::Tensor routed = r.routed_per_expert_E;
+    if (o.aux_loss_scope == AuxLossScope::kGlobal && aux_group_ && aux_group_->size() > 1) {
+      routed = routed.clone();
+      aux_group_->all_reduce(routed, ReduceOp::kSum);
+    }
+    const at::Tensor f = routed.to(at::kFloat) / routed.sum().clamp_min(1).to(at::kFloat);
+    const at::Tensor P = score_dist.sum(0) / static_cast<double>(std::max<int64_t>(T, 1));
+    r.aux_loss = (f * P).sum() * static_cast<double>(E);
   }
-  const at::Tensor f = routed.to(at::kFloat) / routed.sum().clamp_min(1).to(at::kFloat);
-  const at::Tensor P = score_dist.sum(0) / static_cast<double>(std::max<int64_t>(T, 1));
-  r.aux_loss = (f * P).sum() * static_cast<double>(E);
   r.z_loss = T > 0 ? at::logsumexp(logits, -1).square().mean() : logits.sum();
 
   r.capacity = capacity(T, training ? o.capacity_factor : o.eval_capacity_factor);

@@ -24,7 +24,8 @@ struct Routing {
   std::vector<int64_t> tokens_per_expert;  // the same on the host: the permutation's and GEMMs' sizes
   int64_t num_dropped = 0;
   int64_t capacity = -1;            // -1: dropless
-  at::Tensor aux_loss;              // float32 scalar, unscaled: num_experts * sum_i f_i * P_i
+  at::Tensor aux_loss;              // float32 scalar, unscaled: num_experts * sum_i f_i * P_i (per sequence,
+                                    // averaged, under the sequence scope)
   at::Tensor z_loss;                // float32 scalar, unscaled: mean over tokens of logsumexp(logits)^2
   at::Tensor loss;                  // aux_loss_coeff * aux_loss + z_loss_coeff * z_loss, to add to the loss
 };
@@ -38,10 +39,14 @@ class RouterImpl : public torch::nn::Module {
 
   // x_TD (any float dtype) -> logits_TE in float32. Applies input jitter when training.
   at::Tensor gate(const at::Tensor& x_TD);
-  // logits_TE -> the routing. `training` picks the capacity factor. Throws moe::Error on NaN or Inf
-  // logits: a non-finite score has no top-k, and routing it anywhere would hide the bug upstream.
-  Routing route(const at::Tensor& logits_TE, bool training) const;
-  Routing forward(const at::Tensor& x_TD) { return route(gate(x_TD), is_training()); }
+  // logits_TE -> the routing. `training` picks the capacity factor. The T tokens are sequences of
+  // tokens_per_sequence (0: one sequence), which only the sequence-scope balance loss reads. Throws
+  // moe::Error on NaN or Inf logits: a non-finite score has no top-k, and routing it anywhere would
+  // hide the bug upstream.
+  Routing route(const at::Tensor& logits_TE, bool training, int64_t tokens_per_sequence = 0) const;
+  Routing forward(const at::Tensor& x_TD, int64_t tokens_per_sequence = 0) {
+    return route(gate(x_TD), is_training(), tokens_per_sequence);
+  }
 
   // The capacity of each expert for `num_tokens` tokens under `factor` (nullopt: dropless, -1).
   int64_t capacity(int64_t num_tokens, std::optional<double> factor) const;

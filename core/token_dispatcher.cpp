@@ -41,6 +41,12 @@ struct RowExchange : torch::CustomClassHolder {
   }
 };
 
+// The positions of the first `count` set elements of a flat bool tensor, in order: a stable sort with the
+// unset ones last. Unlike nonzero(), no host sync when the caller already knows the count.
+at::Tensor set_positions(const at::Tensor& flags, int64_t count) {
+  return std::get<1>(at::sort(flags.logical_not().to(at::kByte), /*stable=*/true, 0, false)).narrow(0, 0, count);
+}
+
 using Holder = c10::intrusive_ptr<torch::CustomClassHolder>;
 
 RowExchange& as_exchange(const Holder& holder) { return *static_cast<RowExchange*>(holder.get()); }
@@ -92,7 +98,7 @@ at::Tensor TokenDispatcher::combine(const at::Tensor& y_ND, const DispatchHandle
   return combine_finish(combine_start(y_ND, handle), handle);
 }
 
-Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Routing& routing) {
+Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Routing& routing, bool gather_rows) {
   ScopedPhase timer(times_, &PhaseTimes::permute);
   MOE_CHECK(static_cast<int64_t>(routing.tokens_per_expert.size()) == num_experts_, "token dispatcher: the routing holds ",
             routing.tokens_per_expert.size(), " host counts for ", num_experts_, " experts");
@@ -101,7 +107,7 @@ Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Ro
       make_permutation(routing.expert_ids_TK, routing.keep_TK, num_experts_,
                        std::accumulate(routing.tokens_per_expert.begin(), routing.tokens_per_expert.end(), int64_t{0}));
   d.handle.probs_TK = routing.probs_TK;
-  d.x_ND = permute(x_TD, d.handle.permutation);
+  if (gather_rows) d.x_ND = permute(x_TD, d.handle.permutation);
   return d;
 }
 
@@ -116,9 +122,10 @@ at::Tensor LocalTokenDispatcher::combine_finish(const RowsInFlight& y, const Dis
   return unpermute(y.rows, h.permutation, h.probs_TK);
 }
 
-AllToAllTokenDispatcher::AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits)
-    : dims_(dims), local_(dims.num_experts), ep_group_(ep_group),
-      check_splits_(check_splits) {
+AllToAllTokenDispatcher::AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits,
+                                                 bool once_per_rank)
+    : dims_(dims), local_(dims.num_experts), ep_group_(ep_group), check_splits_(check_splits),
+      once_per_rank_(once_per_rank) {
   MOE_CHECK(ep_group.size() == dims.ep_size && ep_group.rank() == dims.ep_rank, "token dispatcher: the EP group (rank ",
             ep_group.rank(), " of ", ep_group.size(), ") does not match the parallel dims (EP rank ", dims.ep_rank,
             " of ", dims.ep_size, ")");
@@ -150,54 +157,110 @@ at::Tensor AllToAllTokenDispatcher::finish_exchange(const RowsInFlight& in_fligh
 }
 
 Dispatched AllToAllTokenDispatcher::dispatch_start(const at::Tensor& x_TD, const Routing& routing) {
-  Dispatched d = local_.permute_tokens(x_TD, routing);
+  Dispatched d = local_.permute_tokens(x_TD, routing, /*gather_rows=*/!once_per_rank_);
   DispatchHandle& h = d.handle;
   ScopedPhase timer(times_, &PhaseTimes::dispatch);
   const int R = ep_group_.size();
-  const int64_t El = dims_.num_local_experts;
-  // Counts first: row r of recv_counts_RL is how many rows rank r sends to each of our local experts.
-  const at::Tensor send_counts = h.permutation.tokens_per_expert_E.contiguous();
-  at::Tensor recv_counts_RL = at::empty({R, El}, send_counts.options());
-  at::Tensor recv_counts = recv_counts_RL.view({R * El, 1});
-  ep_group_.all_to_all_v(send_counts.view({dims_.num_experts, 1}), std::vector<int64_t>(R, El), recv_counts,
-                         std::vector<int64_t>(R, El));
+  const int64_t El = dims_.num_local_experts, T = x_TD.size(0);
+  // Once per rank: wanted_RTL[r][t][j] says local expert j of rank r takes token t; a token reaching
+  // rank r at all is one row to it, in token order.
+  at::Tensor wanted_RTL, reached_RT, unique_R;
+  if (once_per_rank_) {
+    at::NoGradGuard no_grad;
+    wanted_RTL = at::zeros({T, dims_.num_experts}, routing.keep_TK.options())
+                     .scatter_(1, routing.expert_ids_TK, routing.keep_TK)
+                     .view({T, R, El})
+                     .transpose(0, 1);
+    reached_RT = wanted_RTL.any(-1);
+    unique_R = reached_RT.sum(1);
+  }
+  // Counts first: row r of recv_counts_RC is how many rows rank r sends to each of our local experts,
+  // and once per rank how many distinct tokens.
+  const int64_t C = once_per_rank_ ? El + 1 : El;
+  at::Tensor send_counts = h.permutation.tokens_per_expert_E.view({R, El});
+  if (once_per_rank_) send_counts = at::cat({send_counts, unique_R.view({R, 1})}, 1);
+  at::Tensor recv_counts_RC = at::empty({R, C}, send_counts.options());
+  at::Tensor recv_counts = recv_counts_RC.view({R * C, 1});
+  ep_group_.all_to_all_v(send_counts.contiguous().view({R * C, 1}), std::vector<int64_t>(R, C), recv_counts,
+                         std::vector<int64_t>(R, C));
   h.send_rows.resize(R);
   const auto counts = routing.tokens_per_expert.begin();
   for (int r = 0; r < R; ++r) h.send_rows[r] = std::accumulate(counts + r * El, counts + (r + 1) * El, int64_t{0});
-  // Host sync: the counts received size the exchange and the local experts' GEMMs.
-  const std::vector<int64_t> recv = to_vector(recv_counts_RL);
+  // Host sync: the counts received size the exchange and the local experts' GEMMs (and, once per rank,
+  // the distinct tokens this rank sends ride on the same copy).
+  const std::vector<int64_t> host =
+      to_vector(once_per_rank_ ? at::cat({recv_counts_RC.view({-1}), unique_R}) : recv_counts_RC.view({-1}));
   h.recv_rows.assign(R, 0);
   d.tokens_per_local_expert.assign(El, 0);
   for (int r = 0; r < R; ++r) {
     for (int64_t j = 0; j < El; ++j) {
-      h.recv_rows[r] += recv[r * El + j];
-      d.tokens_per_local_expert[j] += recv[r * El + j];
+      h.recv_rows[r] += host[r * C + j];
+      d.tokens_per_local_expert[j] += host[r * C + j];
     }
   }
-  d.in_flight = start_exchange(d.x_ND, h.send_rows, h.recv_rows);
-  d.x_ND = at::Tensor();
-  if (El > 1) {
-    // Chunk (r, j) of the received rows moves to position (j, r): rows grouped by local expert.
-    const at::Tensor sizes = recv_counts_RL.reshape({-1});
-    const at::Tensor src_start = (sizes.cumsum(0) - sizes).view({R, El}).t().reshape({-1});
-    const at::Tensor sizes_JR = recv_counts_RL.t().reshape({-1});
-    const at::Tensor dst_start = sizes_JR.cumsum(0) - sizes_JR;
-    const int64_t N = std::accumulate(h.recv_rows.begin(), h.recv_rows.end(), int64_t{0});
-    h.regroup_idx = at::arange(N, sizes.options()) + at::repeat_interleave(src_start - dst_start, sizes_JR, 0, N);
-    h.ungroup_idx = at::empty_like(h.regroup_idx).index_put_({h.regroup_idx}, at::arange(N, sizes.options()));
+  const int64_t N = std::accumulate(h.recv_rows.begin(), h.recv_rows.end(), int64_t{0});
+  if (!once_per_rank_) {
+    d.in_flight = start_exchange(d.x_ND, h.send_rows, h.recv_rows);
+    h.sent_rows = h.send_rows;
+    d.x_ND = at::Tensor();
+    if (El > 1) {
+      // Chunk (r, j) of the received rows moves to position (j, r): rows grouped by local expert.
+      const at::Tensor sizes = recv_counts_RC.reshape({-1});
+      const at::Tensor src_start = (sizes.cumsum(0) - sizes).view({R, El}).t().reshape({-1});
+      const at::Tensor sizes_JR = recv_counts_RC.t().reshape({-1});
+      const at::Tensor dst_start = sizes_JR.cumsum(0) - sizes_JR;
+      h.regroup_idx = at::arange(N, sizes.options()) + at::repeat_interleave(src_start - dst_start, sizes_JR, 0, N);
+      h.ungroup_idx = at::empty_like(h.regroup_idx).index_put_({h.regroup_idx}, at::arange(N, sizes.options()));
+    }
+    return d;
   }
+  h.sent_rows.assign(host.end() - R, host.end());
+  h.recv_unique.resize(R);
+  for (int r = 0; r < R; ++r) h.recv_unique[r] = host[r * C + El];
+  const at::Tensor reached_U =
+      set_positions(reached_RT.reshape({-1}), std::accumulate(h.sent_rows.begin(), h.sent_rows.end(), int64_t{0}));
+  h.token_idx_U = reached_U.remainder(std::max<int64_t>(T, 1));
+  d.in_flight = start_exchange(x_TD.index_select(0, h.token_idx_U), h.sent_rows, h.recv_unique);
+  // Beside each row, its gate weight for each local expert of the rank (0 where none) and the mask of
+  // the experts that take it (a kept weight may itself be 0). Rows ordered by local expert, then rank,
+  // then token are the set bits of the received masks' transpose in order.
+  const at::Tensor weights_TE =
+      at::zeros({T, dims_.num_experts}, routing.probs_TK.options()).scatter(1, routing.expert_ids_TK, routing.probs_TK);
+  const at::Tensor weights_UL = weights_TE.view({T, R, El}).transpose(0, 1).reshape({R * T, El}).index_select(0, reached_U);
+  d.weights_in_flight = start_exchange(weights_UL, h.sent_rows, h.recv_unique);
+  const at::Tensor mask_UL = wanted_RTL.reshape({R * T, El}).index_select(0, reached_U).to(at::kByte);
+  at::Tensor recv_mask_UL =
+      at::empty({std::accumulate(h.recv_unique.begin(), h.recv_unique.end(), int64_t{0}), El}, mask_UL.options());
+  ep_group_.all_to_all_v(mask_UL, h.sent_rows, recv_mask_UL, h.recv_unique);
+  h.expand_pos = set_positions(recv_mask_UL.t().ne(0).reshape({-1}), N);
   return d;
 }
 
 void AllToAllTokenDispatcher::dispatch_finish(Dispatched& d) {
   ScopedPhase timer(times_, &PhaseTimes::dispatch);
+  DispatchHandle& h = d.handle;
   const at::Tensor x_recv = finish_exchange(d.in_flight);
   d.in_flight = {};
-  d.x_ND = d.handle.regroup_idx.defined() ? x_recv.index_select(0, d.handle.regroup_idx) : x_recv;
+  if (h.expand_pos.defined()) {
+    const int64_t U = x_recv.size(0);
+    d.x_ND = x_recv.index_select(0, h.expand_pos.remainder(std::max<int64_t>(U, 1)));
+    h.weights_N = finish_exchange(d.weights_in_flight).t().reshape({-1}).index_select(0, h.expand_pos);
+    d.weights_in_flight = {};
+  } else {
+    d.x_ND = h.regroup_idx.defined() ? x_recv.index_select(0, h.regroup_idx) : x_recv;
+  }
 }
 
 RowsInFlight AllToAllTokenDispatcher::combine_start(const at::Tensor& y_ND, const DispatchHandle& h) {
   ScopedPhase timer(times_, &PhaseTimes::combine);
+  if (h.expand_pos.defined()) {
+    // Each received token's rows, weighted and summed here: one row back per (token, rank).
+    const int64_t U = std::accumulate(h.recv_unique.begin(), h.recv_unique.end(), int64_t{0});
+    const at::Tensor y_U = at::zeros({U, y_ND.size(1)}, y_ND.options())
+                               .index_add(0, h.expand_pos.remainder(std::max<int64_t>(U, 1)),
+                                          y_ND * h.weights_N.to(y_ND.scalar_type()).unsqueeze(1));
+    return start_exchange(y_U, h.recv_unique, h.sent_rows);
+  }
   const at::Tensor y_recv = h.ungroup_idx.defined() ? y_ND.index_select(0, h.ungroup_idx) : y_ND;
   return start_exchange(y_recv, h.recv_rows, h.send_rows);
 }
@@ -208,14 +271,18 @@ at::Tensor AllToAllTokenDispatcher::combine_finish(const RowsInFlight& y, const 
     ScopedPhase timer(times_, &PhaseTimes::combine);
     y_sorted = finish_exchange(y);
   }
+  if (h.expand_pos.defined()) {
+    ScopedPhase timer(times_, &PhaseTimes::unpermute);
+    return at::zeros({h.permutation.num_tokens, y_sorted.size(1)}, y_sorted.options()).index_add(0, h.token_idx_U, y_sorted);
+  }
   return local_.combine_finish({y_sorted, {}}, h);
 }
 
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(const ParallelDims& dims, Communicator* ep_group,
-                                                       bool check_splits) {
+                                                       bool check_splits, bool once_per_rank) {
   if (dims.ep_size == 1) return std::make_unique<LocalTokenDispatcher>(dims.num_experts);
   MOE_CHECK(ep_group != nullptr, "token dispatcher: expert parallel size ", dims.ep_size, " needs an EP group");
-  return std::make_unique<AllToAllTokenDispatcher>(dims, *ep_group, check_splits);
+  return std::make_unique<AllToAllTokenDispatcher>(dims, *ep_group, check_splits, once_per_rank);
 }
 
 }  // namespace moe

@@ -8,7 +8,11 @@
 // counts), then the rows (all-to-all-v), and regroups what arrived (by source rank, then local expert) by
 // local expert; combine undoes each step in reverse. Both exchanges are autograd functions whose
 // backward is the reverse exchange. Capacity has already been applied by the router on this (sending)
-// rank, as GShard and Megatron do. The models: Megatron's MoEAlltoAllTokenDispatcher
+// rank, as GShard and Megatron do. With moe.dispatch_once_per_rank, a token travels once to each rank
+// that holds any of its experts, with a byte mask of which local experts want it and their gate weights;
+// the receiver expands the rows, and its combine weights the experts' rows and sums them per token, so
+// one row comes back. A token's k experts on one rank then cost one row each way, not k (DeepEP's
+// dispatch and combine; what makes node-limited routing pay). The models: Megatron's MoEAlltoAllTokenDispatcher
 // (preprocess, exchange, postprocess) and torchtitan's LocalTokenDispatcher / all-to-all dispatcher.
 #include <ATen/ATen.h>
 
@@ -30,7 +34,16 @@ struct DispatchHandle {
   // Set by the all-to-all dispatcher only:
   std::vector<int64_t> send_rows;  // rows sent to each EP rank
   std::vector<int64_t> recv_rows;  // rows received from each EP rank
+  std::vector<int64_t> sent_rows;  // rows dispatch's exchange sent to each EP rank: send_rows, or once
+                                   // per rank the distinct tokens
   at::Tensor regroup_idx, ungroup_idx;  // received order <-> local-expert order (undefined: identity)
+  // Once per rank: the sender's tokens in the order sent (by rank, then token), and on the receiving
+  // side the position of each local-expert-ordered row in the received [El, U] masks (its row is the
+  // position mod U) and its gate weight.
+  at::Tensor token_idx_U;
+  at::Tensor expand_pos;
+  at::Tensor weights_N;
+  std::vector<int64_t> recv_unique;  // distinct tokens received from each EP rank
 };
 
 // Rows on their way between ranks: `rows` is not to be read until the exchange is finished.
@@ -44,6 +57,7 @@ struct Dispatched {
   std::vector<int64_t> tokens_per_local_expert;  // rows per local expert, in order
   DispatchHandle handle;
   RowsInFlight in_flight;                        // between dispatch_start and dispatch_finish
+  RowsInFlight weights_in_flight;                // the same, once per rank: the gate weights
 };
 
 class TokenDispatcher {
@@ -77,8 +91,9 @@ class LocalTokenDispatcher : public TokenDispatcher {
   RowsInFlight combine_start(const at::Tensor& y_ND, const DispatchHandle&) override { return {y_ND, {}}; }
   at::Tensor combine_finish(const RowsInFlight& y, const DispatchHandle& handle) override;
   int64_t num_local_experts() const override { return num_experts_; }
-  // dispatch() without the per-expert row counts on the host, which an exchange replaces by its own.
-  Dispatched permute_tokens(const at::Tensor& x_TD, const Routing& routing);
+  // dispatch() without the per-expert row counts on the host, which an exchange replaces by its own;
+  // without gather_rows, only the permutation (combine's), for a dispatch that sends other rows.
+  Dispatched permute_tokens(const at::Tensor& x_TD, const Routing& routing, bool gather_rows = true);
 
  private:
   int64_t num_experts_;
@@ -90,7 +105,8 @@ class LocalTokenDispatcher : public TokenDispatcher {
 // throws on a mismatch naming both ranks, instead of hanging or exchanging garbage.
 class AllToAllTokenDispatcher : public TokenDispatcher {
  public:
-  AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits);
+  AllToAllTokenDispatcher(const ParallelDims& dims, Communicator& ep_group, bool check_splits,
+                          bool once_per_rank);
   Dispatched dispatch_start(const at::Tensor& x_TD, const Routing& routing) override;
   void dispatch_finish(Dispatched& dispatched) override;
   RowsInFlight combine_start(const at::Tensor& y_ND, const DispatchHandle& handle) override;
@@ -110,11 +126,13 @@ class AllToAllTokenDispatcher : public TokenDispatcher {
   LocalTokenDispatcher local_;  // permute and unpermute over all experts (global ids)
   Communicator& ep_group_;
   bool check_splits_;
+  bool once_per_rank_;
   int64_t exchanges_ = 0;  // exchanges of rows so far, for check_splits
 };
 
 // The dispatcher for this rank's shard: local when its EP group has one rank (ep_group may then be null).
+// once_per_rank: moe.dispatch_once_per_rank.
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(const ParallelDims& dims, Communicator* ep_group,
-                                                       bool check_splits);
+                                                       bool check_splits, bool once_per_rank);
 
 }  // namespace moe

@@ -35,13 +35,13 @@ inline at::Tensor expert_ffn(const at::Tensor& x_D, const Weights& w, int64_t e,
 }
 
 // capacity_factor: the factor in force (nullopt dropless).
+// tokens_per_sequence: the length of the sequences x_TD holds (0: one), for the sequence-scope loss.
 inline Result moe_layer(const at::Tensor& x_TD, const Weights& w, const RouterOptions& o,
-                        std::optional<double> capacity_factor, bool swiglu = true) {
+                        std::optional<double> capacity_factor, bool swiglu = true, int64_t tokens_per_sequence = 0) {
   const int64_t T = x_TD.size(0), E = o.num_experts, K = o.top_k;
   Result r;
   std::vector<at::Tensor> scores(T), logits(T);
   std::vector<std::vector<at::Tensor>> probs(T);
-  std::vector<int64_t> routed(E, 0);
   for (int64_t t = 0; t < T; ++t) {
     logits[t] = at::matmul(w.gate, x_TD[t]);
     if (o.score_function == ScoreFunction::kSoftmax) {
@@ -54,6 +54,26 @@ inline Result moe_layer(const at::Tensor& x_TD, const Weights& w, const RouterOp
     for (int64_t e = 0; e < E; ++e) {
       sel[e] = scores[t][e].item<double>() + (o.bias_update_rate > 0 ? w.bias[e].item<double>() : 0.0);
     }
+    if (o.num_groups > 0) {  // outside the token's group_topk best groups (by their two best), unreachable
+      const int64_t per = E / o.num_groups;
+      std::vector<double> group_score(o.num_groups);
+      for (int64_t g = 0; g < o.num_groups; ++g) {
+        std::vector<double> members(sel.begin() + g * per, sel.begin() + (g + 1) * per);
+        std::sort(members.rbegin(), members.rend());
+        group_score[g] = members[0] + (per > 1 ? members[1] : 0.0);
+      }
+      std::vector<bool> chosen(o.num_groups, false);
+      for (int64_t n = 0; n < o.group_topk; ++n) {
+        int64_t best = -1;
+        for (int64_t g = 0; g < o.num_groups; ++g) {
+          if (!chosen[g] && (best < 0 || group_score[g] > group_score[best])) best = g;
+        }
+        chosen[best] = true;
+      }
+      for (int64_t e = 0; e < E; ++e) {
+        if (!chosen[e / per]) sel[e] = -INFINITY;
+      }
+    }
     std::vector<int64_t> ids;
     std::vector<bool> used(E, false);
     for (int64_t k = 0; k < K; ++k) {  // repeated arg-max; ties to the lower expert id
@@ -63,12 +83,11 @@ inline Result moe_layer(const at::Tensor& x_TD, const Weights& w, const RouterOp
       }
       used[best] = true;
       ids.push_back(best);
-      routed[best]++;
     }
     at::Tensor sum = at::zeros({}, x_TD.options());
     for (int64_t k = 0; k < K; ++k) sum = sum + scores[t][ids[k]];
     for (int64_t k = 0; k < K; ++k) {
-      probs[t].push_back(o.normalize_topk ? scores[t][ids[k]] / sum : scores[t][ids[k]]);
+      probs[t].push_back((o.normalize_topk ? scores[t][ids[k]] / sum : scores[t][ids[k]]) * o.routed_scaling_factor);
     }
     r.expert_ids.push_back(ids);
     r.keep.emplace_back(K, true);
@@ -110,13 +129,21 @@ inline Result moe_layer(const at::Tensor& x_TD, const Weights& w, const RouterOp
   }
   r.y = at::stack(rows);
 
+  // The balance loss over each span of tokens (the whole batch, or each sequence), then their mean.
+  const int64_t S = o.aux_loss_scope == AuxLossScope::kSequence && tokens_per_sequence > 0 ? tokens_per_sequence : T;
   at::Tensor aux = at::zeros({}, x_TD.options()), z = at::zeros({}, x_TD.options());
-  for (int64_t e = 0; e < E; ++e) {
-    at::Tensor P = at::zeros({}, x_TD.options());
-    for (int64_t t = 0; t < T; ++t) P = P + scores[t][e] / scores[t].sum();
-    aux = aux + (double(routed[e]) / double(T * K)) * (P / double(T));
+  for (int64_t t0 = 0; t0 < T; t0 += S) {
+    for (int64_t e = 0; e < E; ++e) {
+      at::Tensor P = at::zeros({}, x_TD.options());
+      int64_t count = 0;
+      for (int64_t t = t0; t < t0 + S; ++t) {
+        P = P + scores[t][e] / scores[t].sum();
+        for (int64_t k = 0; k < K; ++k) count += r.expert_ids[t][k] == e;
+      }
+      aux = aux + (double(count) / double(S * K)) * (P / double(S));
+    }
   }
-  r.aux_loss = aux * double(E);
+  r.aux_loss = aux * double(E) / double(T / S);
   for (int64_t t = 0; t < T; ++t) z = z + at::log(at::exp(logits[t]).sum()).square();
   r.z_loss = z / double(T);
   return r;

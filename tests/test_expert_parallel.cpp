@@ -24,6 +24,9 @@ struct ParityCase {
   int64_t num_shared = 0;
   int64_t hot_expert = -1;  // >= 0: every token of every rank goes to this expert
   int64_t overlap_degree = 1;  // moe.a2a_overlap_degree of the expert-parallel layer
+  int64_t groups = 0, group_topk = 0;  // node-limited routing
+  double scaling = 1.0;
+  bool once_per_rank = true;  // moe.dispatch_once_per_rank
 };
 
 TransformerOptions options_for(const ParityCase& s) {
@@ -38,11 +41,15 @@ TransformerOptions options_for(const ParityCase& s) {
   r.capacity_factor = s.capacity_factor;
   r.drop_policy = s.drop_policy;
   r.aux_loss_scope = s.scope;
+  r.num_groups = s.groups;
+  r.group_topk = s.group_topk;
+  r.routed_scaling_factor = s.scaling;
   r.aux_loss_coeff = 0.01;
   r.z_loss_coeff = 0.001;
   o.moe.ffn_hidden_size = s.F;
   o.moe.num_shared_experts = s.num_shared;
   o.moe.check_splits = true;
+  o.moe.dispatch_once_per_rank = s.once_per_rank;
   return o;
 }
 
@@ -117,6 +124,11 @@ void check_parity(const ParityCase& s, int ep) {
   layer->to(testing::device());  // the reference stays on the CPU
   at::Tensor x = x_all.narrow(0, me * s.T, s.T).to(testing::device()).requires_grad_(true);
   MoEOutput out = layer->forward(x);
+  if (s.groups > 0) {  // a token's experts sit on at most group_topk groups of ranks
+    const int64_t bound = s.group_topk * std::max<int64_t>(1, ep / s.groups);
+    const at::Tensor ranks = out.routing.expert_ids_TK.cpu().div(dims.num_local_experts, "floor");
+    for (int64_t t = 0; t < s.T; ++t) EXPECT_LE(std::get<0>(at::_unique(ranks[t])).numel(), bound) << "token " << t;
+  }
   ((out.y * g_all.narrow(0, me * s.T, s.T).to(testing::device())).sum() + out.routing.loss).backward();
   GradSync sync(records(layer), world(), groups.edp.get());
   sync.sync();
@@ -135,10 +147,14 @@ void check_parity(const ParityCase& s, int ep) {
   }
 }
 
-void for_each_ep(const ParityCase& s) {
+void for_each_ep(ParityCase s) {
   for (int ep : testing::ep_sizes(s.E)) {
-    SCOPED_TRACE("world " + std::to_string(world().size()) + ", ep " + std::to_string(ep));
-    check_parity(s, ep);
+    for (bool once : {true, false}) {
+      SCOPED_TRACE("world " + std::to_string(world().size()) + ", ep " + std::to_string(ep) +
+                   (once ? ", dispatch once per rank" : ", dispatch once per expert"));
+      s.once_per_rank = once;
+      check_parity(s, ep);
+    }
   }
 }
 
@@ -149,6 +165,20 @@ TEST(ExpertParallel, DroplessTop4SigmoidWithSharedExperts) {
   s.K = 4;
   s.score = ScoreFunction::kSigmoid;
   s.num_shared = 1;
+  for_each_ep(s);
+}
+
+// DeepSeek-V3's router: 4 groups of 2 experts, 2 groups a token, weights scaled by 2.5, the
+// sequence-wise balance loss (a rank's tokens are one sequence on both sides). With EP 2 a rank holds
+// two groups, with EP 4 one: either way each token's 3 experts sit on at most 2 ranks.
+TEST(ExpertParallel, NodeLimitedRoutingScaledWithSequenceLoss) {
+  ParityCase s;
+  s.K = 3;
+  s.score = ScoreFunction::kSigmoid;
+  s.groups = 4;
+  s.group_topk = 2;
+  s.scaling = 2.5;
+  s.scope = AuxLossScope::kSequence;
   for_each_ep(s);
 }
 

@@ -25,6 +25,9 @@ struct Case {
   int64_t shared_width = 0;  // moe.shared_expert_ffn_hidden_size
   bool bias = false;
   ExpertType type = ExpertType::kSwiGLU;
+  int64_t groups = 0, group_topk = 0;  // node-limited routing
+  double scaling = 1.0;                // moe.routed_scaling_factor
+  AuxLossScope scope = AuxLossScope::kMicroBatch;
 };
 
 TransformerOptions options_for(const Case& c) {
@@ -42,6 +45,10 @@ TransformerOptions options_for(const Case& c) {
   r.aux_loss_coeff = 0.01;
   r.z_loss_coeff = 0.001;
   r.bias_update_rate = c.bias ? 0.01 : 0.0;
+  r.num_groups = c.groups;
+  r.group_topk = c.group_topk;
+  r.routed_scaling_factor = c.scaling;
+  r.aux_loss_scope = c.scope;
   o.moe.ffn_hidden_size = c.F;
   o.moe.expert_type = c.type;
   o.moe.num_shared_experts = c.num_shared;
@@ -79,10 +86,12 @@ Observed run_reference(MoELayer& layer, const at::Tensor& x0, const at::Tensor& 
   ref::Weights w{d(layer->router->weight), d(layer->experts->w1),
                  opt.expert_type == ExpertType::kSwiGLU ? d(layer->experts->w3) : at::Tensor(),
                  d(layer->experts->w2), layer->router->expert_bias.cpu().to(at::kDouble)};
-  at::Tensor x = d(x0);
+  // A [B, S, D] input is B sequences of S tokens (for the sequence-scope balance loss).
+  const int64_t S = x0.dim() == 3 ? x0.size(1) : 0;
+  at::Tensor x = d(x0.reshape({-1, x0.size(-1)}));
   ref::Result r = ref::moe_layer(x, w, opt.router,
                                  training ? opt.router.capacity_factor : opt.router.eval_capacity_factor,
-                                 opt.expert_type == ExpertType::kSwiGLU);
+                                 opt.expert_type == ExpertType::kSwiGLU, S);
   at::Tensor y = r.y;
   if (layer->shared_experts) {
     ref::Weights s{at::Tensor(), d(layer->shared_experts->w1), d(layer->shared_experts->w3),
@@ -91,7 +100,7 @@ Observed run_reference(MoELayer& layer, const at::Tensor& x0, const at::Tensor& 
     for (int64_t t = 0; t < x.size(0); ++t) rows.push_back(ref::expert_ffn(x[t], s, 0, true));
     y = y + at::stack(rows);
   }
-  ((y * g.to(at::kDouble)).sum() + opt.router.aux_loss_coeff * r.aux_loss + opt.router.z_loss_coeff * r.z_loss)
+  ((y * g.reshape(y.sizes()).to(at::kDouble)).sum() + opt.router.aux_loss_coeff * r.aux_loss + opt.router.z_loss_coeff * r.z_loss)
       .backward();
   Observed o{y.detach(), r.aux_loss.detach(), r.z_loss.detach(), x.grad(), w.gate.grad(), w.w1.grad(),
              w.w3.defined() ? w.w3.grad() : at::Tensor(), w.w2.grad(),
@@ -107,8 +116,10 @@ Observed run_reference(MoELayer& layer, const at::Tensor& x0, const at::Tensor& 
 
 void expect_matches_reference(const Case& c, MoELayer& layer, const at::Tensor& x, bool training = true,
                               double rtol = 2e-5) {
-  const at::Tensor g = at::randn({x.size(0), c.D});
-  const Observed got = run_layer(layer, x, g);
+  const at::Tensor g = at::randn(x.sizes());
+  Observed got = run_layer(layer, x, g);
+  got.y = got.y.reshape({-1, c.D});
+  got.dx = got.dx.reshape({-1, c.D});
   const Observed want = run_reference(layer, x.to(at::kFloat), g, training);
   EXPECT_TRUE(at::equal(got.tokens_per_expert, want.tokens_per_expert))
       << got.tokens_per_expert << " vs " << want.tokens_per_expert;
@@ -332,6 +343,64 @@ TEST(MoELayerEdges, ExpertBiasSelectionMatchesReference) {
   MoELayer layer(options_for(c));
   layer->router->expert_bias.copy_(at::randn({c.E}) * 0.3);
   expect_matches_reference(c, layer, at::randn({c.T, c.D}));
+}
+
+// DeepSeek-V3's router as published: sigmoid scores with the aux-loss-free bias, node-limited to the
+// best 2 of 4 groups, weights normalised then scaled by 2.5, and the balance loss per sequence. Each
+// part alone, then all together, against the float64 loops, in the forward and every gradient.
+TEST(MoELayerEdges, DeepSeekV3RouterMatchesReference) {
+  Case v3;
+  v3.E = 16;
+  v3.K = 4;
+  v3.score = ScoreFunction::kSigmoid;
+  v3.bias = true;
+  v3.groups = 4;
+  v3.group_topk = 2;
+  v3.scaling = 2.5;
+  v3.scope = AuxLossScope::kSequence;
+  Case groups_only, scaled_only, sequence_only;
+  for (Case* c : {&groups_only, &scaled_only, &sequence_only}) {
+    c->E = 16;
+    c->K = 4;
+  }
+  groups_only.groups = 4;
+  groups_only.group_topk = 2;
+  scaled_only.scaling = 2.5;
+  sequence_only.scope = AuxLossScope::kSequence;
+  for (const Case& c : {groups_only, scaled_only, sequence_only, v3}) {
+    SCOPED_TRACE(::testing::Message() << "groups " << c.groups << ", scaling " << c.scaling << ", scope "
+                                      << enum_name(c.scope));
+    at::manual_seed(16);
+    MoELayer layer(options_for(c));
+    layer->router->expert_bias.copy_(at::randn({c.E}) * 0.1);
+    expect_matches_reference(c, layer, at::randn({3, 8, c.D}));
+  }
+}
+
+// The group limit binds: on the same weights and tokens, unlimited top-4 routing reaches a third group
+// of 4 experts for some token; limited to 2 groups, no token does.
+TEST(MoELayerEdges, GroupLimitBoundsTheGroupsOfEveryToken) {
+  at::manual_seed(18);
+  Case c;
+  c.E = 16;
+  c.K = 4;
+  TransformerOptions o = options_for(c);
+  Router unlimited(o);
+  o.moe.router.num_groups = 4;
+  o.moe.router.group_topk = 2;
+  Router limited(o);
+  limited->weight.data().copy_(unlimited->weight);
+  const at::Tensor logits = unlimited->gate(at::randn({64, c.D}));
+  const auto most_groups = [](const Routing& r) {
+    const at::Tensor groups = r.expert_ids_TK.div(4, "floor");
+    int64_t most = 0;
+    for (int64_t t = 0; t < groups.size(0); ++t) {
+      most = std::max<int64_t>(most, std::get<0>(at::_unique(groups[t])).numel());
+    }
+    return most;
+  };
+  EXPECT_GE(most_groups(unlimited->route(logits, true)), 3);
+  EXPECT_LE(most_groups(limited->route(logits, true)), 2);
 }
 
 TEST(MoELayerEdges, EvalUsesEvalCapacityFactor) {

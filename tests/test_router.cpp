@@ -48,6 +48,46 @@ TEST(Router, BalancedRoutingGivesAuxLossOne) {
   EXPECT_NEAR(router->route(logits, true).aux_loss.item<double>(), 1.0, 1e-6);
 }
 
+TEST(Router, SequenceScopeAveragesTheLossOfEachSequence) {
+  // Sequence 1: both tokens to expert 1 with scores [0.25, 0.75]: 2 * (1 * 0.75) = 1.5. Sequence 2: one
+  // token each way, P = [0.5, 0.5]: 1. Their mean: 1.25. Over the micro-batch instead: f = [1/4, 3/4],
+  // P = [0.375, 0.625]: 2 * (0.09375 + 0.46875) = 1.125.
+  auto o = tiny_options(2, 1);
+  const double l3 = std::log(3.0);
+  const at::Tensor logits = at::tensor({0.0, l3, 0.0, l3, l3, 0.0, 0.0, l3}, at::kFloat).view({4, 2});
+  EXPECT_NEAR(Router(o)->route(logits, true, 2).aux_loss.item<double>(), 1.125, 1e-6);
+  o.moe.router.aux_loss_scope = AuxLossScope::kSequence;
+  EXPECT_NEAR(Router(o)->route(logits, true, 2).aux_loss.item<double>(), 1.25, 1e-6);
+  EXPECT_NEAR(Router(o)->route(logits, true, 0).aux_loss.item<double>(), 1.125, 1e-6);  // one sequence
+  EXPECT_THROW(Router(o)->route(logits, true, 3), Error);
+}
+
+TEST(Router, ScalingFactorMultipliesTheNormalisedWeights) {
+  auto o = tiny_options(4, 2);
+  o.moe.router.routed_scaling_factor = 2.5;
+  const at::Tensor logits = at::tensor({3.0f, 1.0f, 0.0f, -1.0f}).view({1, 4});
+  const Routing r = Router(o)->route(logits, true);
+  EXPECT_NEAR(r.probs_TK.sum().item<double>(), 2.5, 1e-6);
+  EXPECT_NEAR(r.probs_TK[0][0].item<double>(), 2.5 * std::exp(3.0) / (std::exp(3.0) + std::exp(1.0)), 1e-5);
+}
+
+TEST(Router, GroupsPickTheBestTwoSumsThenExperts) {
+  // Groups {0,1}, {2,3}, {4,5}. Expert 4 scores highest, but its group's two best sum to less than
+  // group {0,1}'s: with one group, top-2 is experts 0 and 1.
+  auto o = tiny_options(6, 2);
+  o.moe.router.num_groups = 3;
+  o.moe.router.group_topk = 1;
+  o.moe.router.score_function = ScoreFunction::kSigmoid;
+  const at::Tensor logits = at::tensor({2.0f, 1.8f, -3.0f, -3.0f, 2.5f, -2.0f}).view({1, 6});
+  const Routing r = Router(o)->route(logits, true);
+  EXPECT_EQ(r.expert_ids_TK[0][0].item<int64_t>(), 0);
+  EXPECT_EQ(r.expert_ids_TK[0][1].item<int64_t>(), 1);
+  o.moe.router.group_topk = 2;  // groups {0,1} and {4,5}: experts 4 and 0
+  const Routing r2 = Router(o)->route(logits, true);
+  EXPECT_EQ(r2.expert_ids_TK[0][0].item<int64_t>(), 4);
+  EXPECT_EQ(r2.expert_ids_TK[0][1].item<int64_t>(), 0);
+}
+
 TEST(Router, LossIsCoefficientWeightedSum) {
   auto o = tiny_options(2, 1);
   o.moe.router.aux_loss_coeff = 0.01;
@@ -159,6 +199,30 @@ TEST(Router, RejectsInvalidOptions) {
   o = tiny_options(4, 2);
   o.moe.router.capacity_factor = -1.0;
   EXPECT_THROW(Router{o}, Error);
+  o = tiny_options(8, 2);
+  o.moe.router.num_groups = 3;  // does not divide 8 experts
+  o.moe.router.group_topk = 1;
+  EXPECT_THROW(Router{o}, Error);
+  o.moe.router.num_groups = 4;
+  o.moe.router.group_topk = 5;  // more groups than there are
+  EXPECT_THROW(Router{o}, Error);
+  o.moe.router.group_topk = 0;
+  EXPECT_THROW(Router{o}, Error);
+  o.moe.router.num_groups = 8;  // one group of one expert cannot hold top-2
+  o.moe.router.group_topk = 1;
+  EXPECT_THROW(Router{o}, Error);
+  o.moe.router.num_groups = 0;  // group_topk without groups
+  EXPECT_THROW(Router{o}, Error);
+  o.moe.router.group_topk = 0;
+  o.moe.router.routed_scaling_factor = 0;
+  EXPECT_THROW(Router{o}, Error);
+  EXPECT_EQ(groups_misfit_ranks(o.moe.router, 4), "");
+  o.moe.router.num_groups = 4;
+  o.moe.router.group_topk = 2;
+  o.moe.router.routed_scaling_factor = 1;
+  EXPECT_EQ(groups_misfit_ranks(o.moe.router, 2), "");  // 2 groups a rank
+  EXPECT_EQ(groups_misfit_ranks(o.moe.router, 8), "");  // 2 ranks a group (a node)
+  EXPECT_NE(groups_misfit_ranks(o.moe.router, 3), "");  // 3 ranks: edges cross
 }
 
 }  // namespace

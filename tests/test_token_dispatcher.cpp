@@ -52,11 +52,12 @@ at::Tensor tokens_of(int s, int64_t T) {
 // Dispatch, check that each local expert received exactly the (rank, token) pairs routed to it (by
 // source rank, then token order), combine with identity experts, check output and input gradient.
 void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, int64_t)>& keep,
-                      bool check_splits = false) {
+                      bool check_splits = false, bool once_per_rank = false) {
   const int me = world().rank();
   auto ep_group = world().split(me / ep, me % ep);
   const int ep_rank = ep_group->rank();
-  const auto dispatcher = make_token_dispatcher(ParallelDims(world().size(), me, ep, kE), ep_group.get(), check_splits);
+  const auto dispatcher =
+      make_token_dispatcher(ParallelDims(world().size(), me, ep, kE), ep_group.get(), check_splits, once_per_rank);
   const int64_t El = dispatcher->num_local_experts();
   ASSERT_EQ(El, kE / ep);
   const Routing routing = make_routing(me, T, keep);
@@ -83,6 +84,19 @@ void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, 
     EXPECT_EQ(d.tokens_per_local_expert[j], expected) << "local expert " << j;
   }
   EXPECT_EQ(row, d.x_ND.size(0));
+  // What went out: a row per kept assignment, or once per rank a row per token that reaches the rank.
+  if (ep > 1) {
+    ASSERT_EQ(static_cast<int>(d.handle.sent_rows.size()), ep);
+    for (int r = 0; r < ep; ++r) {
+      int64_t rows = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        int64_t here = 0;
+        for (int64_t k = 0; k < kK; ++k) here += keep(me, t, k) && expert_of(me, t, k) / El == r;
+        rows += once_per_rank ? std::min<int64_t>(here, 1) : here;
+      }
+      EXPECT_EQ(d.handle.sent_rows[r], rows) << "to EP rank " << r;
+    }
+  }
 
   const at::Tensor y = dispatcher->combine(d.x_ND, d.handle);  // identity experts
   at::Tensor kept_weight = routing.probs_TK.sum(1, true);
@@ -92,31 +106,37 @@ void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, 
   EXPECT_TRUE(testing::close(x.grad(), g * kept_weight, 1e-6));
 }
 
-TEST(TokenDispatcher, CombineOfDispatchRestoresInputAndGradient) {
+// Every case with a row per assignment and with a row per (token, rank) (dispatch_once_per_rank): the
+// experts must receive the same rows in the same order either way.
+void for_each_layout(const std::function<void(int ep, bool once_per_rank)>& check) {
   for (int ep : testing::ep_sizes(kE)) {
-    SCOPED_TRACE("ep " + std::to_string(ep));
-    check_round_trip(ep, 13, [](int, int64_t, int64_t) { return true; });
-    check_round_trip(ep, 13, [](int, int64_t, int64_t) { return true; }, /*check_splits=*/true);
+    for (bool once : {false, true}) {
+      SCOPED_TRACE("ep " + std::to_string(ep) + (once ? ", once per rank" : ", once per expert"));
+      check(ep, once);
+    }
   }
 }
 
+TEST(TokenDispatcher, CombineOfDispatchRestoresInputAndGradient) {
+  for_each_layout([](int ep, bool once) {
+    check_round_trip(ep, 13, [](int, int64_t, int64_t) { return true; }, false, once);
+    check_round_trip(ep, 13, [](int, int64_t, int64_t) { return true; }, /*check_splits=*/true, once);
+  });
+}
+
 TEST(TokenDispatcher, DroppedAssignmentsAreNotSent) {
-  for (int ep : testing::ep_sizes(kE)) {
-    SCOPED_TRACE("ep " + std::to_string(ep));
-    check_round_trip(ep, 11, [](int s, int64_t t, int64_t k) { return (s + t + k) % 3 != 0; });
-  }
+  for_each_layout([](int ep, bool once) {
+    check_round_trip(ep, 11, [](int s, int64_t t, int64_t k) { return (s + t + k) % 3 != 0; }, false, once);
+  });
 }
 
 TEST(TokenDispatcher, RanksThatSendNothing) {
   // Only rank 0 sends anything; every other rank drops all its assignments (and so receives only).
-  for (int ep : testing::ep_sizes(kE)) {
-    SCOPED_TRACE("ep " + std::to_string(ep));
-    check_round_trip(ep, 9, [](int s, int64_t, int64_t) { return s == 0; });
-  }
+  for_each_layout([](int ep, bool once) { check_round_trip(ep, 9, [](int s, int64_t, int64_t) { return s == 0; }, false, once); });
 }
 
 TEST(TokenDispatcher, ZeroTokensOnEveryRank) {
-  for (int ep : testing::ep_sizes(kE)) check_round_trip(ep, 0, [](int, int64_t, int64_t) { return true; });
+  for_each_layout([](int ep, bool once) { check_round_trip(ep, 0, [](int, int64_t, int64_t) { return true; }, false, once); });
 }
 
 TEST(TokenDispatcher, OneRankSendsEverythingToOneRemoteExpert) {
@@ -125,7 +145,8 @@ TEST(TokenDispatcher, OneRankSendsEverythingToOneRemoteExpert) {
   const int me = world().rank(), R = world().size();
   const int64_t T = 17;
   auto ep_group = world().split(0, me);
-  const auto dispatcher = make_token_dispatcher(ParallelDims(R, me, R, kE), ep_group.get(), /*check_splits=*/true);
+  const auto dispatcher =
+      make_token_dispatcher(ParallelDims(R, me, R, kE), ep_group.get(), /*check_splits=*/true, /*once_per_rank=*/false);
   Routing r;
   r.expert_ids_TK = at::full({T, 1}, kE - 1, at::kLong);
   r.keep_TK = at::full({T, 1}, me == 0, at::kBool);
@@ -151,8 +172,8 @@ TEST(TokenDispatcher, CheckSplitsReportsRanksOutOfStep) {
   const int me = world().rank(), R = world().size();
   if (R == 1) GTEST_SKIP() << "needs two ranks";
   auto ep_group = world().split(0, me);
-  const auto a = make_token_dispatcher(ParallelDims(R, me, R, kE), ep_group.get(), true);
-  const auto b = make_token_dispatcher(ParallelDims(R, me, R, kE), ep_group.get(), true);
+  const auto a = make_token_dispatcher(ParallelDims(R, me, R, kE), ep_group.get(), true, false);
+  const auto b = make_token_dispatcher(ParallelDims(R, me, R, kE), ep_group.get(), true, false);
   const Routing routing = make_routing(me, 5, [](int, int64_t, int64_t) { return true; });
   const at::Tensor x = tokens_of(me, 5);
   // Rank 0 runs its first exchange on `a`, the others on `b`: the collectives still pair up.

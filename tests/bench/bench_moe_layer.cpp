@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
   moe::retain_freed_host_memory();
   moe::MpiSession mpi(&argc, &argv);
   CLI::App app{"MoE layer benchmark (forward + backward, EP = world size)"};
-  int64_t tokens = 4096, hidden = 512, ffn = 1024, experts = 8, top_k = 2;
+  int64_t tokens = 4096, hidden = 512, ffn = 1024, experts = 8, top_k = 2, num_groups = 0, group_topk = 0;
   std::string capacity = "1.25", expert_type = "swiglu";
   int steps = 20, warmup = 3;
   std::string device = "cpu";
@@ -80,6 +80,10 @@ int main(int argc, char** argv) {
   app.add_option("--experts", experts, "number of experts");
   app.add_option("--top-k", top_k, "experts per token");
   app.add_option("--capacity-factor", capacity, "capacity factor, or null for dropless");
+  app.add_option("--groups", num_groups, "node-limited routing: expert groups (moe.num_groups; 0 off)");
+  app.add_option("--group-topk", group_topk, "groups a token may use (moe.group_topk)");
+  bool once_per_rank = true;
+  app.add_option("--dispatch-once-per-rank", once_per_rank, "moe.dispatch_once_per_rank: true | false");
   app.add_option("--expert-type", expert_type, "swiglu | gelu")->check(CLI::IsMember({"swiglu", "gelu"}));
   app.add_option("--steps", steps, "timed steps (median reported)")->check(CLI::Range(1, 100000));
   app.add_option("--warmup", warmup, "untimed steps first");
@@ -111,6 +115,9 @@ int main(int argc, char** argv) {
     o.moe.router.top_k = top_k;
     o.moe.router.aux_loss_coeff = 0.01;
     if (capacity != "null") o.moe.router.capacity_factor = std::stod(capacity);
+    o.moe.router.num_groups = num_groups;
+    o.moe.router.group_topk = group_topk;
+    o.moe.dispatch_once_per_rank = once_per_rank;
     o.moe.ffn_hidden_size = ffn;
     o.moe.expert_type = expert_type == "gelu" ? moe::ExpertType::kGELU : moe::ExpertType::kSwiGLU;
     at::manual_seed(1);
@@ -155,7 +162,12 @@ int main(int argc, char** argv) {
     // local experts receive.
     const int64_t El = dims.num_local_experts;
     const at::Tensor counts_E = last.tokens_per_expert_E.cpu();
-    const at::Tensor send_counts = counts_E.view({R, El}).sum(1).contiguous();
+    // Rows to each rank: per kept assignment, or once per rank a row per distinct token reaching it
+    // (dispatch and combine alike; the gate weights and masks beside them are left out).
+    const at::Tensor dest_TK = last.expert_ids_TK.cpu().div(El, "floor");
+    at::Tensor kept_TR = at::zeros({tokens, R}, at::kLong);
+    kept_TR.scatter_add_(1, dest_TK, last.keep_TK.cpu().to(at::kLong));
+    const at::Tensor send_counts = once_per_rank ? kept_TR.gt(0).sum(0).contiguous() : counts_E.view({R, El}).sum(1).contiguous();
     at::Tensor recv_counts = at::empty({R}, at::kLong);
     MOE_MPI_CHECK(MPI_Alltoall(send_counts.data_ptr(), 1, MPI_INT64_T, recv_counts.data_ptr(), 1, MPI_INT64_T,
                                world.comm()));
@@ -252,6 +264,18 @@ int main(int argc, char** argv) {
     const double layer_tflops = expert_flops / (step_ms * 1e-3) / 1e12;
     at::Tensor dropped = at::full({1}, last.num_dropped, at::kLong);
     world.all_reduce(dropped, moe::ReduceOp::kSum);
+    // What the exchanges carry (last step, all ranks): combine and its backward a row per kept
+    // assignment on another rank; dispatch and its backward the same, or once per rank a row per
+    // distinct other rank a token reaches (which node-limited routing bounds).
+    const at::Tensor remote_TK = last.keep_TK.cpu().logical_and(dest_TK.ne(me));
+    at::Tensor reached_TR = at::zeros({tokens, R}, at::kLong);
+    reached_TR.scatter_add_(1, dest_TK, remote_TK.to(at::kLong));
+    at::Tensor traffic = at::stack({remote_TK.sum(), reached_TR.gt(0).sum()}).to(at::kLong);
+    world.all_reduce(traffic, moe::ReduceOp::kSum);
+    const double remote_rows = static_cast<double>(traffic[0].item<int64_t>()) / static_cast<double>(R * tokens);
+    const double remote_ranks = static_cast<double>(traffic[1].item<int64_t>()) / static_cast<double>(R * tokens);
+    const double row_bytes = static_cast<double>(hidden * at::elementSize(compute));
+    const double a2a_mb = 4.0 * traffic[once_per_rank ? 1 : 0].item<int64_t>() * row_bytes / 1e6;  // 4 exchanges
 
     if (me == 0) {
       std::printf("moe layer: %d ranks (EP %d), %lld tokens/rank, hidden %lld, ffn %lld, %lld experts, top-%lld, "
@@ -263,6 +287,10 @@ int main(int argc, char** argv) {
       std::printf("], dropped %.2f%% of %lld assignments, aux loss %.4f\n",
                   100.0 * dropped.item<int64_t>() / double(R * tokens * top_k), (long long)(R * tokens * top_k),
                   last.aux_loss.item<double>());
+      std::printf("all-to-all (last step, all ranks; groups %lld, group top-k %lld): %.3f assignments and %.3f "
+                  "distinct ranks per token on other ranks; dispatch once per %s: %.2f MB over the 4 exchanges\n",
+                  (long long)num_groups, (long long)group_topk, remote_rows, remote_ranks,
+                  once_per_rank ? "rank" : "expert", a2a_mb);
       std::printf("median of %d steps (slowest rank), ms:\n", steps);
       std::printf("  route %8.2f  permute %8.2f  dispatch %8.2f  experts %8.2f\n", route, permute, dispatch, experts_ms);
       std::printf("  combine %6.2f  unpermute %6.2f  backward %7.2f  | layer %8.2f\n", combine, unpermute, backward,
@@ -281,7 +309,10 @@ int main(int argc, char** argv) {
                           {"ratio", step_ms / (compute_floor + comm_floor)},
                           {"layer_tflops", layer_tflops},
                           {"gemm_tflops", gemm_tflops},
-                          {"ratio_to_gemm", layer_tflops / gemm_tflops}};
+                          {"ratio_to_gemm", layer_tflops / gemm_tflops},
+                          {"a2a_mb", a2a_mb},
+                          {"remote_rows_per_token", remote_rows},
+                          {"remote_ranks_per_token", remote_ranks}};
       std::printf("%s\n", j.dump().c_str());
     }
   } catch (const std::exception& e) {

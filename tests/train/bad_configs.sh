@@ -102,6 +102,20 @@ moe:
 parallel:
   expert_parallel_size: 3
 Y
+check groups_straddle_ranks "FILE:4: moe.num_groups (3) groups straddle the edges of 4 expert-parallel ranks" <<'Y'
+moe:
+  num_experts: 12
+  top_k: 2
+  num_groups: 3
+  group_topk: 1
+parallel:
+  expert_parallel_size: 4
+Y
+check group_topk_without_groups "FILE:3: moe.group_topk (2) limits the groups of a token, but moe.num_groups is 0" <<'Y'
+moe:
+  num_experts: 4
+  group_topk: 2
+Y
 check ep_not_dividing_world "FILE:4: parallel.expert_parallel_size (2) must divide the world size (1)" <<'Y'
 moe:
   num_experts: 4

@@ -35,6 +35,10 @@ std::string not_mixtral(const TransformerOptions& o) {
   if (m.expert_type != ExpertType::kSwiGLU)
     return "its experts are " + enum_name(m.expert_type) + "; Mixtral's are SwiGLU";
   if (r.bias_update_rate > 0) return "its router selects with an aux-loss-free expert bias; Mixtral's has none";
+  if (r.num_groups > 0) return "its routing is limited to groups of experts (moe.num_groups); Mixtral's is not";
+  if (r.routed_scaling_factor != 1.0)
+    return "its gate weights are scaled (moe.routed_scaling_factor " + format_double(r.routed_scaling_factor) +
+           "); Mixtral's are not";
   return "";
 }
 

@@ -45,6 +45,10 @@ void upcycle_checkpoint(const std::string& dense_dir, const Config& config, cons
     spdlog::warn("upcycle: moe.normalize_topk is false in {}: at step 0 each MoE layer computes the dense FFN "
                  "scaled by the sum of its top-k scores, not the dense model's function", config.source);
   }
+  if (o.moe.router.routed_scaling_factor != 1.0) {
+    spdlog::warn("upcycle: moe.routed_scaling_factor is {} in {}: at step 0 each MoE layer computes the dense FFN "
+                 "scaled by it, not the dense model's function", o.moe.router.routed_scaling_factor, config.source);
+  }
 
   const Safetensors dense = std::move(verify_files(dense_dir, manifest, {"model.safetensors"})["model.safetensors"]);
   const std::string dense_file = dense_dir + "/model.safetensors";

@@ -240,6 +240,7 @@ void check_consistency(const Config& c, const Places& p, int world_size) {
       p.fail("parallel.expert_parallel_size",
              "(" + std::to_string(ep) + ") must divide moe.num_experts (" + std::to_string(E) + ")");
     }
+    if (const std::string why = groups_misfit_ranks(c.model.moe.router, ep); !why.empty()) p.fail("moe.num_groups", why);
   } else if (ep != 1) {
     p.fail("parallel.expert_parallel_size", "(" + std::to_string(ep) + ") must be 1 for a dense model (moe.num_experts 0)");
   }
