@@ -32,6 +32,8 @@ class MoELayerImpl : public torch::nn::Module {
   // The global id of this rank's first expert; experts->w1[i] is global expert first_local_expert() + i.
   int64_t first_local_expert() const { return first_local_expert_; }
   void set_phase_times(PhaseTimes* times);
+  // What this layer's exchanges moved since the last call (telemetry), which zeroes it.
+  ExchangeStats take_exchange_stats() { return dispatcher_->take_exchange_stats(); }
   // train.recompute moe: the expert FFNs (routed and shared) keep only their input for backward.
   void set_recompute_experts(bool on) { recompute_experts_ = on; }
   Router router{nullptr};

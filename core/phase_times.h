@@ -11,6 +11,7 @@ namespace moe {
 struct PhaseTimes {
   double route = 0, permute = 0, dispatch = 0, experts = 0, combine = 0, unpermute = 0;
   double attention = 0, backward = 0, grad_sync = 0, optimizer = 0, data = 0;
+  double exchange = 0;  // inside the MoE layers' all-to-alls of rows (starting and waiting), both directions
   void (*synchronize)() = nullptr;
 };
 

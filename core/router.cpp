@@ -128,6 +128,11 @@ Routing RouterImpl::route(const at::Tensor& logits_TE, bool training, int64_t to
     r.aux_loss = (f * P).sum() * static_cast<double>(E);
   }
   r.z_loss = T > 0 ? at::logsumexp(logits, -1).square().mean() : logits.sum();
+  {
+    at::NoGradGuard no_grad;
+    const at::Tensor q = score_dist.detach();
+    r.entropy = T > 0 ? q.mul(q.clamp_min(1e-30).log()).sum(-1).mean().neg() : at::zeros({}, q.options());
+  }
 
   r.capacity = capacity(T, training ? o.capacity_factor : o.eval_capacity_factor);
   if (r.capacity >= 0) {

@@ -28,6 +28,9 @@ struct Routing {
                                     // averaged, under the sequence scope)
   at::Tensor z_loss;                // float32 scalar, unscaled: mean over tokens of logsumexp(logits)^2
   at::Tensor loss;                  // aux_loss_coeff * aux_loss + z_loss_coeff * z_loss, to add to the loss
+  at::Tensor entropy;               // float32 scalar, no gradient: mean over tokens of the entropy (nats) of the
+                                    // score distribution over the experts (telemetry: near 0 is a router
+                                    // that has collapsed onto its choices, ln E one that cannot choose)
 };
 
 class RouterImpl : public torch::nn::Module {

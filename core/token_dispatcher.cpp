@@ -2,6 +2,8 @@
 
 #include <torch/autograd.h>
 
+#include <c10/util/accumulate.h>
+
 #include <numeric>
 
 #include "core/check.h"
@@ -18,10 +20,11 @@ std::vector<int64_t> to_vector(const at::Tensor& t) {
 // waits in FinishExchange; backward starts the reverse exchange in FinishExchange's backward and waits in
 // StartExchange's. Between the two halves the caller (forward) or autograd (backward) is free to compute.
 struct RowExchange : torch::CustomClassHolder {
-  RowExchange(Communicator* c, std::vector<int64_t> send, std::vector<int64_t> recv)
-      : comm(c), send_rows(std::move(send)), recv_rows(std::move(recv)) {}
+  RowExchange(Communicator* c, std::vector<int64_t> send, std::vector<int64_t> recv, ExchangeStats* s)
+      : comm(c), send_rows(std::move(send)), recv_rows(std::move(recv)), stats(s) {}
   Communicator* comm;
   std::vector<int64_t> send_rows, recv_rows;
+  ExchangeStats* stats;  // the dispatcher's, which outlives its layer's graphs
   std::unique_ptr<PendingCollective> pending;
   at::Tensor reverse_out;  // backward: the reverse exchange's rows, written once it finishes
 
@@ -31,11 +34,19 @@ struct RowExchange : torch::CustomClassHolder {
     std::vector<int64_t> shape = x.sizes().vec();
     shape[0] = std::accumulate(recv.begin(), recv.end(), int64_t{0});
     at::Tensor out = at::empty(shape, x.options());
+    ScopedPhase timer(&stats->times, &PhaseTimes::exchange);
+    const int64_t row_bytes = c10::multiply_integers(shape.begin() + 1, shape.end()) * x.element_size();
+    for (int r = 0; r < static_cast<int>(send.size()); ++r) {
+      if (r == comm->rank()) continue;  // a rank's rows to itself are a copy
+      stats->bytes_sent += send[r] * row_bytes;
+      stats->bytes_received += recv[r] * row_bytes;
+    }
     pending = comm->all_to_all_v_async(x.contiguous(), send, out, recv);
     return out;
   }
   void finish() {
     if (!pending) return;
+    ScopedPhase timer(&stats->times, &PhaseTimes::exchange);
     pending->wait();
     pending.reset();
   }
@@ -147,7 +158,7 @@ RowsInFlight AllToAllTokenDispatcher::start_exchange(const at::Tensor& x, const 
                 " rows to EP rank ", me, ", which expects ", recv_rows[r], " (exchange #", sequence, ")");
     }
   }
-  Holder exchange = c10::make_intrusive<RowExchange>(&ep_group_, send_rows, recv_rows);
+  Holder exchange = c10::make_intrusive<RowExchange>(&ep_group_, send_rows, recv_rows, &exchange_stats_);
   return {StartExchange::apply(x, exchange), exchange};
 }
 

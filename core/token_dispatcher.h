@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/permute.h"
@@ -44,6 +45,14 @@ struct DispatchHandle {
   at::Tensor expand_pos;
   at::Tensor weights_N;
   std::vector<int64_t> recv_unique;  // distinct tokens received from each EP rank
+};
+
+// What a dispatcher's exchanges of rows moved, forward and backward, since it was last taken
+// (telemetry): bytes to and from other ranks, and the time inside the exchanges' calls (the host's time:
+// on a GPU the calls queue NCCL work, and train.profile's synchronised phases give the device's).
+struct ExchangeStats {
+  int64_t bytes_sent = 0, bytes_received = 0;
+  PhaseTimes times;  // times.exchange, milliseconds
 };
 
 // Rows on their way between ranks: `rows` is not to be read until the exchange is finished.
@@ -77,9 +86,12 @@ class TokenDispatcher {
   virtual at::Tensor combine_finish(const RowsInFlight& y, const DispatchHandle& handle) = 0;
   virtual int64_t num_local_experts() const = 0;
   virtual void set_phase_times(PhaseTimes* times) { times_ = times; }
+  // The exchanges' counts since the last call, which zeroes them.
+  ExchangeStats take_exchange_stats() { return std::exchange(exchange_stats_, ExchangeStats{}); }
 
  protected:
   PhaseTimes* times_ = nullptr;
+  ExchangeStats exchange_stats_;
 };
 
 // The local steps alone: every one of num_experts experts is on this rank.

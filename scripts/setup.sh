@@ -82,6 +82,7 @@ packages=(
   python3-numpy                      # the tests: an independent reader and forward pass of exports
   clang libclang-rt-14-dev           # the tests: libFuzzer, ASan and UBSan for the parsers' fuzz targets
   iproute2                           # the tests: network namespaces as hosts for the fault tests
+  chromium                           # the tests: moe report's page opened in a real (headless) browser
   ca-certificates
 )
 # Tools, by command: one already on the PATH (another Node.js, a newer cmake) is fine.

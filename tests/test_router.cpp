@@ -31,6 +31,7 @@ TEST(Router, AuxAndZLossMatchHandComputedValues) {
   const Routing r = router->route(logits, /*training=*/true);
   EXPECT_NEAR(r.aux_loss.item<double>(), 1.5, 1e-6);
   EXPECT_NEAR(r.z_loss.item<double>(), std::pow(std::log(4.0), 2), 1e-6);
+  EXPECT_NEAR(r.entropy.item<double>(), -(0.25 * std::log(0.25) + 0.75 * std::log(0.75)), 1e-6);
   EXPECT_EQ(ids_of(r)[0][0].item<int64_t>(), 1);
   EXPECT_EQ(ids_of(r)[1][0].item<int64_t>(), 1);
   EXPECT_EQ(r.tokens_per_expert_E[1].item<int64_t>(), 2);

@@ -60,7 +60,9 @@ void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, 
       make_token_dispatcher(ParallelDims(world().size(), me, ep, kE), ep_group.get(), check_splits, once_per_rank);
   const int64_t El = dispatcher->num_local_experts();
   ASSERT_EQ(El, kE / ep);
-  const Routing routing = make_routing(me, T, keep);
+  Routing routing = make_routing(me, T, keep);
+  at::Tensor probs = routing.probs_TK.clone().requires_grad_(true);
+  routing.probs_TK = probs;
   at::Tensor x = tokens_of(me, T).requires_grad_(true);
   Dispatched d = dispatcher->dispatch(x, routing);
 
@@ -99,11 +101,37 @@ void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, 
   }
 
   const at::Tensor y = dispatcher->combine(d.x_ND, d.handle);  // identity experts
-  at::Tensor kept_weight = routing.probs_TK.sum(1, true);
+  at::Tensor kept_weight = routing.probs_TK.detach().sum(1, true);
   EXPECT_TRUE(testing::close(y, x.detach() * kept_weight, 0, 1e-6));
   const at::Tensor g = at::randn({T, kD});
   (y * g).sum().backward();
   EXPECT_TRUE(testing::close(x.grad(), g * kept_weight, 1e-6));
+  // A gate weight's gradient is its expert's output (here the token) against the output's gradient,
+  // wherever the expert ran; a dropped assignment's is 0.
+  const at::Tensor keep_TK = routing.keep_TK.to(at::kFloat);
+  EXPECT_TRUE(testing::close(probs.grad(), (g * x.detach()).sum(1, true) * keep_TK, 1e-6)) << "gate gradient";
+
+  // The telemetry: each exchange, forward and backward, to and from every other rank, in bytes. Per
+  // assignment, rows of kD floats out and back, in forward and in backward; once per rank, a row per
+  // distinct token likewise, and its El gate weights out in forward and their gradient back.
+  int64_t bytes = 0;
+  for (int r = 0; r < ep; ++r) {
+    if (r == ep_rank) continue;
+    const int s = (me / ep) * ep + r;  // world rank of EP rank r
+    for (int64_t t = 0; t < T; ++t) {
+      int64_t to = 0, from = 0;
+      for (int64_t k = 0; k < kK; ++k) {
+        to += keep(me, t, k) && expert_of(me, t, k) / El == r;
+        from += keep(s, t, k) && expert_of(s, t, k) / El == ep_rank;
+      }
+      bytes += once_per_rank ? (std::min<int64_t>(to, 1) + std::min<int64_t>(from, 1)) * (2 * kD + El) * 4
+                             : 2 * (to + from) * kD * 4;
+    }
+  }
+  const ExchangeStats e = dispatcher->take_exchange_stats();
+  EXPECT_EQ(e.bytes_sent, bytes);
+  EXPECT_EQ(e.bytes_received, bytes);
+  EXPECT_EQ(dispatcher->take_exchange_stats().bytes_sent, 0);  // taking zeroes them
 }
 
 // Every case with a row per assignment and with a row per (token, rank) (dispatch_once_per_rank): the

@@ -13,10 +13,13 @@
 namespace moe {
 
 struct StepStats {
-  StepStats(int64_t num_moe_layers, int64_t num_experts, at::Device device);
+  StepStats(int64_t num_moe_layers, int64_t num_experts, int world_size, at::Device device);
 
   // Adds one micro-batch: its mean next-token loss and the routings of its MoE layers, in order.
   void add(const at::Tensor& lm_loss, const std::vector<Routing>& routings);
+  // This rank's all-to-all traffic in the step (host counts): bytes to and from other ranks, milliseconds
+  // inside the exchanges.
+  void set_exchanges(int rank, double bytes_sent, double bytes_received, double ms);
   // Collective over `world`: every sum becomes its sum over the ranks; `grad_square_sums` (float64
   // [replicated, expert] on the device, already global) is kept with them. No host sync.
   void reduce(Communicator& world, const at::Tensor& grad_square_sums);
@@ -30,6 +33,9 @@ struct StepStats {
   double dropped = 0;      // assignments dropped by capacity
   double assignments = 0;  // assignments routed (tokens x top_k, every MoE layer)
   at::Tensor tokens_per_expert_LE;  // float64 [MoE layers, experts] on the host: assignments kept
+  at::Tensor routed_LE;             // float64 [MoE layers, experts] on the host: assignments before capacity
+  at::Tensor layer_losses_L3;       // float64 [MoE layers, 3] on the host: each micro-batch's aux, z, entropy
+  at::Tensor exchanges_W3;          // float64 [world, 3] on the host: each rank's bytes sent, received, ms
   double grad_norm = 0;
   double grad_sq_replicated = 0, grad_sq_expert = 0;  // its two parts, squared
   double lr = 0;           // set by the trainer
@@ -40,9 +46,12 @@ struct StepStats {
   at::Tensor routed_per_expert_LE;
 
  private:
-  at::Tensor scalars_;  // float64 [lm_loss, aux_loss, z_loss] on the device
-  at::Tensor kept_LE_;  // float64 [MoE layers, experts] on the device
-  at::Tensor packed_;   // after reduce(): [scalars, dropped, assignments, kept, grad squares]
+  at::Tensor scalars_;      // float64 [lm_loss, aux_loss, z_loss] on the device
+  at::Tensor kept_LE_;      // float64 [MoE layers, experts] on the device
+  at::Tensor layer_L3_;     // float64 [MoE layers, aux, z, entropy] on the device
+  at::Tensor exchanges_W3_; // float64 [world, 3]: this rank's row filled, the others 0 until reduce()
+  at::Tensor packed_;       // after reduce(): [scalars, dropped, assignments, kept, routed, layers, ranks,
+                            // grad squares]
 };
 
 }  // namespace moe

@@ -211,7 +211,7 @@ double Trainer::train() {
     first.reset();
     const double seconds = now_seconds() - start;
     elapsed_ += seconds;
-    pending_.push_back({step, std::move(stats), seconds, phases_});
+    pending_.push_back({step, std::move(stats), seconds, elapsed_, phases_});
     const int stop = agreed_stop_signal();
     const bool save_now = config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0;
     const bool eval_now = (t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps;
@@ -260,7 +260,7 @@ StepStats Trainer::train_step(int64_t step) {
   const auto& t = config_.train;
   const int64_t L = config_.data.seq_len;
   const auto num_moe = static_cast<int64_t>(moe_layers_.size());
-  StepStats stats(num_moe, config_.model.moe.router.num_experts, device_);
+  StepStats stats(num_moe, config_.model.moe.router.num_experts, world_.size(), device_);
   const ParameterList& params = model_->parameter_records();
   PhaseTimes* times = t.profile ? &phases_ : nullptr;
   if (times) {
@@ -313,6 +313,16 @@ StepStats Trainer::train_step(int64_t step) {
     optimizer_->clip(grad_norm, t.grad_clip);
     optimizer_->step(stats.lr);
   }
+  ExchangeStats exchanges;
+  for (MoELayer& layer : moe_layers_) {
+    const ExchangeStats e = layer->take_exchange_stats();
+    exchanges.bytes_sent += e.bytes_sent;
+    exchanges.bytes_received += e.bytes_received;
+    exchanges.times.exchange += e.times.exchange;
+  }
+  stats.set_exchanges(world_.rank(), static_cast<double>(exchanges.bytes_sent),
+                      static_cast<double>(exchanges.bytes_received), exchanges.times.exchange);
+  if (times) times->exchange = exchanges.times.exchange;
   stats.reduce(world_, squares);
   if (stats.skipped) {
     ++skipped_;
@@ -360,7 +370,60 @@ void Trainer::check_and_report() {
     }
     report(p);
   }
+  report_interval();
   pending_.clear();
+}
+
+void Trainer::report_interval() {
+  if (!metrics_ || moe_layers_.empty() || pending_.empty()) return;
+  const RouterOptions& router = config_.model.moe.router;
+  at::Tensor routed, kept, losses, exchanges;
+  double seconds = 0;
+  for (const Pending& p : pending_) {
+    const StepStats& st = p.stats;
+    routed = routed.defined() ? routed + st.routed_LE : st.routed_LE;
+    kept = kept.defined() ? kept + st.tokens_per_expert_LE : st.tokens_per_expert_LE;
+    losses = losses.defined() ? losses + st.layer_losses_L3 : st.layer_losses_L3;
+    exchanges = exchanges.defined() ? exchanges + st.exchanges_W3 : st.exchanges_W3;
+    seconds += p.seconds;
+  }
+  // Each step adds one value per micro-batch and rank to the layer's losses.
+  losses = losses / static_cast<double>(pending_.size() * accumulation_ * world_.size());
+  const auto row = [](const at::Tensor& t) {
+    const at::Tensor c = t.contiguous();
+    return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+  };
+  nlohmann::json layers = nlohmann::json::array();
+  for (int64_t l = 0, layer = 0; layer < config_.model.num_layers; ++layer) {
+    if (!config_.model.is_moe_layer(layer)) continue;
+    const double total = routed[l].sum().item<double>();
+    const double mean = total / static_cast<double>(router.num_experts);
+    nlohmann::json j = {{"layer", layer},
+                        {"routed", row(routed[l])},
+                        {"kept", row(kept[l])},
+                        {"dropped_fraction", total > 0 ? 1.0 - kept[l].sum().item<double>() / total : 0.0},
+                        {"overload", mean > 0 ? routed[l].max().item<double>() / mean : 0.0},
+                        {"router_entropy", losses[l][2].item<double>()},
+                        {"aux_loss", losses[l][0].item<double>()},
+                        {"z_loss", losses[l][1].item<double>()}};
+    if (router.bias_update_rate > 0) j["expert_bias"] = row(moe_layers_[l]->router->expert_bias.to(at::kCPU, at::kDouble));
+    layers.push_back(std::move(j));
+    ++l;
+  }
+  nlohmann::json ranks = nlohmann::json::array();
+  for (int r = 0; r < world_.size(); ++r) {
+    ranks.push_back({{"rank", r},
+                     {"a2a_bytes_sent", exchanges[r][0].item<double>()},
+                     {"a2a_bytes_received", exchanges[r][1].item<double>()},
+                     {"a2a_seconds", exchanges[r][2].item<double>() / 1e3},
+                     {"a2a_share", seconds > 0 ? exchanges[r][2].item<double>() / 1e3 / seconds : 0.0}});
+  }
+  metrics_->write({{"kind", "moe"},
+                   {"step", pending_.back().step},
+                   {"first_step", pending_.front().step},
+                   {"seconds", seconds},
+                   {"layers", std::move(layers)},
+                   {"ranks", std::move(ranks)}});
 }
 
 void Trainer::report(const Pending& pending) {
@@ -399,7 +462,11 @@ void Trainer::report(const Pending& pending) {
                            {"z_loss", z},
                            {"lr", stats.lr},
                            {"grad_norm", stats.grad_norm},
+                           {"grad_norm_dense", std::sqrt(stats.grad_sq_replicated)},
+                           {"grad_norm_expert", std::sqrt(stats.grad_sq_expert)},
                            {"tokens_per_s", tokens_per_s},
+                           {"tokens", step * t.global_batch_size * config_.data.seq_len},
+                           {"train_seconds", pending.elapsed},
                            {"model_flops_per_token", flops_per_token_},
                            {"gflops_per_rank", gflops},
                            {"mfu", mfu},
@@ -413,7 +480,7 @@ void Trainer::report(const Pending& pending) {
     record["phase_ms"] = {{"attention", p.attention}, {"router", p.route},      {"permute", p.permute},
                           {"dispatch", p.dispatch},   {"experts", p.experts},   {"combine", p.combine},
                           {"unpermute", p.unpermute}, {"backward", p.backward}, {"grad_sync", p.grad_sync},
-                          {"optimizer", p.optimizer}, {"data", p.data}};
+                          {"optimizer", p.optimizer}, {"data", p.data},         {"exchange", p.exchange}};
   }
   metrics_->write(record);
 }

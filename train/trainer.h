@@ -56,6 +56,7 @@ class Trainer {
     int64_t step;
     StepStats stats;
     double seconds;
+    double elapsed;     // seconds in training steps up to the end of this one
     PhaseTimes phases;  // train.profile
   };
   // Reads the steps run since the last flush in one host copy, stops on a non-finite loss, and reports
@@ -63,6 +64,8 @@ class Trainer {
   void flush();
   void check_and_report();
   void report(const Pending& pending);
+  // One "moe" record for the steps of pending_: per MoE layer and per rank, summed over the interval.
+  void report_interval();
   // The largest stop signal (SIGTERM, SIGINT) any rank received, 0 for none; over `control`.
   int agreed_stop_signal();
   // The checkpoint's view of the model, the optimizer's `moments` (Optimizer::gather_state) and the counters.

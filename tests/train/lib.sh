@@ -35,9 +35,10 @@ field() {
 }
 
 # strip_timing [FILE]: metrics.jsonl (or stdin) without what depends on the clock: tokens/s, GFLOP/s,
-# MFU and the training time. Keys are sorted, so each is followed by the next.
+# MFU, the training time, and the telemetry's seconds. Keys are sorted, so each is followed by the next.
 strip_timing() {
-  sed 's/"gflops_per_rank":[^,]*,//; s/"mfu":[^,]*,//; s/"tokens_per_s":[^,]*,//; s/,*"train_seconds":[^,}]*//' "${1:--}"
+  sed 's/"gflops_per_rank":[^,]*,//; s/"mfu":[^,]*,//; s/"tokens_per_s":[^,]*,//; s/,*"train_seconds":[^,}]*//;
+       s/"a2a_seconds":[^,]*,//g; s/"a2a_share":[^,]*,//g; s/"seconds":[^,]*,//' "${1:--}"
 }
 
 fail() {

@@ -16,7 +16,7 @@ flops=$("$MOE" plan "$SRC/configs/tiny.yaml" --world 2 --set parallel.expert_par
 import json, sys
 plain, prof, flops = sys.argv[1], sys.argv[2], float(sys.argv[3])
 phases = {"attention", "router", "permute", "dispatch", "experts", "combine", "unpermute", "backward", "grad_sync",
-          "optimizer", "data"}
+          "optimizer", "data", "exchange"}
 for path, profiled in ((plain, False), (prof, True)):
     for r in (json.loads(line) for line in open(path)):
         if r["kind"] != "train":
@@ -31,8 +31,8 @@ for path, profiled in ((plain, False), (prof, True)):
         p = r["phase_ms"]
         assert set(p) == phases, sorted(p)
         assert all(p[k] > 0 for k in ("attention", "router", "experts", "dispatch", "combine", "backward",
-                                     "grad_sync", "optimizer")), p
-print(f"model FLOPs per token {flops:.0f}; GFLOP/s and MFU consistent; 11 phases when profiled")
+                                     "grad_sync", "optimizer", "exchange")), p
+print(f"model FLOPs per token {flops:.0f}; GFLOP/s and MFU consistent; 12 phases when profiled")
 PY
 cmp <(strip_timing "$WORK/plain/metrics.jsonl") <(strip_timing "$WORK/prof/metrics.jsonl" | sed 's/"phase_ms":{[^}]*},//') ||
   fail "profiling changed the run's numbers"

@@ -71,6 +71,11 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   tokenize->add_option("--out", c.out_path, "The token file to write (.bin)")->required();
   tokenize->add_option("--dtype", c.dtype, "Element type of the token file")->check(CLI::IsMember({"uint16", "uint32"}));
 
+  CLI::App* report = app.add_subcommand("report", "Write one HTML page of one or more runs: losses, speed, routing, "
+                                         "expert load, config");
+  report->add_option("runs", c.files, "Run directories (train.out_dir), overlaid in order")->required();
+  report->add_option("-o,--out", c.out_path, "The page to write (default report.html)");
+
   CLI::App* plan = app.add_subcommand("plan", "Parameters, per-rank memory and all-to-all traffic of a config");
   plan->add_option("config", c.config_path, "The experiment, a YAML file")->required();
   plan->add_option("--world", c.world_size, "Number of ranks")->required()->check(CLI::Range(1, 1 << 20));
@@ -94,7 +99,8 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   const std::pair<CLI::App*, Command> commands[] = {
       {train, Command::kTrain},       {eval, Command::kEval},         {exp, Command::kExport},   {imp, Command::kImport},
       {upcycle, Command::kUpcycle},
-      {verify, Command::kCheckpointVerify}, {tokenize, Command::kTokenize}, {plan, Command::kPlan}};
+      {verify, Command::kCheckpointVerify}, {tokenize, Command::kTokenize}, {plan, Command::kPlan},
+      {report, Command::kReport}};
   for (const auto& [sub, command] : commands) {
     if (sub->parsed()) {
       c.command = command;

@@ -10,7 +10,7 @@
 
 namespace moe {
 
-enum class Command { kNone, kTrain, kEval, kExport, kImport, kUpcycle, kCheckpointVerify, kTokenize, kPlan };
+enum class Command { kNone, kTrain, kEval, kExport, kImport, kUpcycle, kCheckpointVerify, kTokenize, kPlan, kReport };
 
 struct CommandLine {
   Command command = Command::kNone;
@@ -22,10 +22,10 @@ struct CommandLine {
   int64_t import_ep = 1;          // import --ep
   std::string data_path;          // eval
   int64_t seq_len = 0, windows = 0;  // eval
-  std::string out_path;           // export, import, upcycle, tokenize
+  std::string out_path;           // export, import, upcycle, tokenize, report
   std::string export_dtype = "float32";
   int64_t max_shard_bytes = 5'000'000'000LL;
-  std::vector<std::string> files;  // tokenize
+  std::vector<std::string> files;  // tokenize; report: the run directories
   std::string dtype = "uint16";    // tokenize
   int world_size = 1;              // plan
   bool json = false;               // plan

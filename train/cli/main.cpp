@@ -13,6 +13,7 @@
 #include "train/cli/config.h"
 #include "train/cli/hardware.h"
 #include "train/cli/plan.h"
+#include "train/cli/report.h"
 #include "train/cli/tokenizer.h"
 
 namespace {
@@ -41,6 +42,10 @@ int main(int argc, char** argv) {
     if (cl.command == moe::Command::kTokenize) {
       const int64_t n = moe::tokenize_files(cl.files, cl.out_path, cl.dtype);
       spdlog::info("wrote {} tokens to {}", n, cl.out_path);
+    } else if (cl.command == moe::Command::kReport) {
+      const std::string out = cl.out_path.empty() ? "report.html" : cl.out_path;
+      moe::write_report(cl.files, out);
+      spdlog::info("wrote {}", out);
     } else {
       const moe::Config config = moe::load_config(cl.config_path, cl.sets, cl.world_size);
       const moe::Plan plan = moe::make_plan(config, cl.world_size);
