@@ -272,6 +272,7 @@ StepStats Trainer::train_step(int64_t step) {
   for (const ParameterRecord& p : params) {
     if (p.tensor.grad().defined()) p.tensor.mutable_grad().zero_();
   }
+  for (MoELayer& layer : moe_layers_) layer->take_exchange_stats();  // an evaluation's are not the step's
   const std::vector<int64_t> offsets =
       batch_offsets(t.seed, step, t.global_batch_size, L, train_data_->size());
   for (int64_t micro = 0; micro < accumulation_; ++micro) {

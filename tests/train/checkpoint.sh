@@ -52,7 +52,7 @@ resume)
   moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/fork" --set train.micro_batch_size=2 \
     --set parallel.expert_parallel_size=4 --resume "$WORK/cut/checkpoints/step_00000010" 2>"$WORK/fork.log" ||
     { cat "$WORK/fork.log"; fail "resume from another run's checkpoint into a new train.out_dir"; }
-  cmp <(strip_timing "$WORK/base/metrics.jsonl" | grep -v '"step":[0-9],' | grep -v '"step":10,') \
+  cmp <(strip_timing "$WORK/base/metrics.jsonl" | grep -v '"step":[0-9][,}]' | grep -v '"step":10[,}]') \
     <(strip_timing "$WORK/fork/metrics.jsonl") || fail "the forked run's steps 11-20 differ"
   [ -f "$WORK/fork/config.yaml" ] || fail "the forked run has no config.yaml"
   echo "resume: another run's step-10 checkpoint continues in a new train.out_dir, steps 11-20 bit-identical"

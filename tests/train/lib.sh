@@ -34,6 +34,12 @@ field() {
   grep "\"kind\":\"$2\"" "$1" | grep -o "\"$3\":[^,}]*" | cut -d: -f2
 }
 
+# strip_traffic [FILE]: metrics.jsonl (or stdin) without the all-to-all bytes, which recomputation (its
+# replayed exchanges) and the compute dtype (the rows' width) change while the training numbers stay.
+strip_traffic() {
+  sed 's/"a2a_bytes_received":[^,]*,//g; s/"a2a_bytes_sent":[^,]*,//g' "${1:--}"
+}
+
 # strip_timing [FILE]: metrics.jsonl (or stdin) without what depends on the clock: tokens/s, GFLOP/s,
 # MFU, the training time, and the telemetry's seconds. Keys are sorted, so each is followed by the next.
 strip_timing() {
