@@ -4,7 +4,9 @@
 // else). A failure that not every rank saw aborts the whole job, so no peer waits forever in a collective.
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <exception>
 #include <functional>
 #include <iostream>
@@ -86,8 +88,18 @@ int main(int argc, char** argv) {
       });
     case moe::Command::kEval:
       return run_mpi(&argc, &argv, [&](moe::MpiCommunicator& world) {
-        const moe::EvalResult r =
-            moe::evaluate_checkpoint(cl.checkpoint_dir, cl.data_path, cl.seq_len, cl.windows, world, world.local_rank());
+        const std::string& out = cl.logits_path;
+        moe::all_ranks_succeed(world, [&] {
+          MOE_INPUT_CHECK(out.empty() || !std::filesystem::exists(out), "eval: --logits ", out,
+                          " already exists; nothing was overwritten");
+        });
+        const moe::EvalResult r = moe::evaluate_checkpoint(cl.checkpoint_dir, cl.data_path, cl.seq_len, cl.windows,
+                                                           world, world.local_rank(), !out.empty());
+        moe::all_ranks_succeed(world, [&] {  // rank 0 writes; every rank learns whether it could
+          if (world.rank() != 0 || out.empty()) return;
+          moe::write_safetensors(out + ".tmp", {{"logits", r.logits}}, {{"checkpoint", cl.checkpoint_dir}});
+          MOE_INPUT_CHECK(std::rename((out + ".tmp").c_str(), out.c_str()) == 0, "eval: cannot write ", out);
+        });
         if (world.rank() == 0) {
           std::cout << nlohmann::json({{"loss", r.loss}, {"tokens", r.tokens}}).dump() << std::endl;
         }

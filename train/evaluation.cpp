@@ -13,7 +13,7 @@
 namespace moe {
 
 double evaluate_windows(Transformer& model, const TokenFile& file, const std::vector<int64_t>& offsets,
-                        int64_t L, int64_t B, Communicator& world) {
+                        int64_t L, int64_t B, Communicator& world, at::Tensor* logits_out) {
   const auto n = static_cast<int64_t>(offsets.size());
   const int64_t W = world.size();
   // Every rank runs the same number of forwards (the all-to-alls of EP pair them up); windows past the
@@ -22,6 +22,8 @@ double evaluate_windows(Transformer& model, const TokenFile& file, const std::ve
   const at::Device device = model->parameter_records().front().tensor.device();
   at::Tensor loss_sum = at::zeros({1}, at::dtype(at::kDouble).device(device));
   int64_t counted = 0;  // windows of this rank that count
+  at::Tensor all_logits;  // [n, L, V]: this rank's windows filled, the others 0 until the all-reduce
+  if (logits_out) all_logits = at::zeros({n, L, model->options().vocab_size}, at::dtype(at::kFloat).device(device));
   const bool was_training = model->is_training();
   model->eval();
   {
@@ -44,18 +46,26 @@ double evaluate_windows(Transformer& model, const TokenFile& file, const std::ve
                                  {}, at::Reduction::None)
               .view({B, L});
       loss_sum += (per_token.to(at::kDouble) * at::tensor(weight, at::kDouble).view({B, 1}).to(device)).sum();
+      for (int64_t b = 0; b < B && logits_out; ++b) {
+        const int64_t i = round * W * B + world.rank() * B + b;
+        if (i < n) all_logits[i].copy_(logits[b]);
+      }
     }
   }
   model->train(was_training);
   at::Tensor totals =
       at::cat({loss_sum, at::full({1}, static_cast<double>(counted * L), at::dtype(at::kDouble).device(device))});
   world.all_reduce(totals, ReduceOp::kSum);
+  if (logits_out) {
+    world.all_reduce(all_logits, ReduceOp::kSum);  // each window is one rank's: the sum is a gather
+    *logits_out = all_logits.to(at::kCPU);
+  }
   const at::Tensor host = totals.to(at::kCPU);  // host sync: the result
   return host[0].item<double>() / host[1].item<double>();
 }
 
 EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
-                               Communicator& world, int local_rank) {
+                               Communicator& world, int local_rank, bool with_logits) {
   Config config;
   std::unique_ptr<TokenFile> file;
   RankPlacement placement;
@@ -90,7 +100,11 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, 
   }
   std::vector<int64_t> offsets(windows);
   for (int64_t i = 0; i < windows; ++i) offsets[i] = i * seq_len;
-  return {evaluate_windows(model, *file, offsets, seq_len, config.train.micro_batch_size, *comm), windows * seq_len};
+  EvalResult result;
+  result.tokens = windows * seq_len;
+  result.loss = evaluate_windows(model, *file, offsets, seq_len, config.train.micro_batch_size, *comm,
+                                 with_logits ? &result.logits : nullptr);
+  return result;
 }
 
 }  // namespace moe

@@ -13,12 +13,15 @@ namespace moe {
 
 // Mean next-token loss over windows of seq_len + 1 tokens at `offsets`, spread over the ranks in
 // micro-batches (every rank runs the same number of forwards, as EP needs), in eval mode. Collective.
+// With `logits` non-null, also every window's logits, [windows, seq_len, vocab] float32 on the CPU of
+// every rank (gathered by an all-reduce: for comparisons on small evaluations).
 double evaluate_windows(Transformer& model, const TokenFile& file, const std::vector<int64_t>& offsets,
-                        int64_t seq_len, int64_t micro_batch_size, Communicator& world);
+                        int64_t seq_len, int64_t micro_batch_size, Communicator& world, at::Tensor* logits = nullptr);
 
 struct EvalResult {
   double loss = 0;     // mean next-token cross-entropy, nats
   int64_t tokens = 0;  // predictions counted: windows x seq_len
+  at::Tensor logits;   // with_logits: [windows, seq_len, vocab] float32, CPU
 };
 
 // `moe eval`: the model of checkpoint `dir` (any saved layout; experts sharded over this world, which
@@ -26,6 +29,6 @@ struct EvalResult {
 // tokens [i * seq_len, i * seq_len + seq_len] (seq_len + 1 tokens), on the device and backend its
 // config's train.device and parallel.backend pick for this rank (`local_rank` on its node). Collective.
 EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
-                               Communicator& world, int local_rank);
+                               Communicator& world, int local_rank, bool with_logits = false);
 
 }  // namespace moe

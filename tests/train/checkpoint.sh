@@ -19,9 +19,11 @@ base() {
   moe_train 4 "${TINY[@]}" --set train.out_dir="$WORK/base" --set train.micro_batch_size=2 \
     --set parallel.expert_parallel_size=4 2>"$WORK/base.log" || { cat "$WORK/base.log"; fail "base run"; }
 }
-eval_loss() {  # NP CHECKPOINT
-  mpirun --oversubscribe -np "$1" -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 "$MOE" eval --checkpoint "$2" \
-    --data "$WORK/val.bin" --seq-len 32 --windows 24 2>"$WORK/eval.log" | grep -o '"loss":[^,}]*' | cut -d: -f2
+eval_loss() {  # NP CHECKPOINT [MORE EVAL ARGUMENTS]
+  local np=$1 ckpt=$2
+  shift 2
+  mpirun --oversubscribe -np "$np" -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 "$MOE" eval --checkpoint "$ckpt" \
+    --data "$WORK/val.bin" --seq-len 32 --windows 24 "$@" 2>"$WORK/eval.log" | grep -o '"loss":[^,}]*' | cut -d: -f2
 }
 # expect_refused NAME EXPECTED COMMAND...: exit code 2 and the message.
 expect_refused() {
@@ -198,20 +200,26 @@ export)
     "$MOE" export "$WORK/ds/checkpoints/step_00000002" "$WORK/ds-hf"
   ;;
 import)
-  # Folders written by numpy alone, in each dtype, one file or shards: moe's loss of the import against the
-  # float64 forward of the same files.
+  # Folders written by numpy alone, in each dtype, one file or shards: moe's logits and loss of the import
+  # against the float64 forward of the same files.
   for case in "F32 1 1" "BF16 3 2" "F16 2 4"; do
     read -r dtype shards ep <<<"$case"
     "$PYTHON" "$SRC/tests/train/hf_write.py" "$WORK/w-$dtype" --dtype "$dtype" --shards "$shards" --seed 3
     "$MOE" import "$WORK/w-$dtype" "$WORK/i-$dtype" --ep "$ep" 2>"$WORK/import.log" || { cat "$WORK/import.log"; fail "import $dtype"; }
     "$MOE" checkpoint verify "$WORK/i-$dtype" >/dev/null || fail "the $dtype import does not verify"
     [ "$(ls "$WORK/i-$dtype"/experts-*.safetensors | wc -l)" -eq "$ep" ] || fail "--ep $ep: not $ep expert files"
-    ours=$(eval_loss 2 "$WORK/i-$dtype") || { cat "$WORK/eval.log"; fail "eval of the $dtype import"; }
-    theirs=$("$PYTHON" "$SRC/tests/train/hf_forward.py" "$WORK/w-$dtype" "$WORK/val.bin" 32 24 | grep -o '"loss":[^,}]*' | cut -d: -f2)
-    awk -v a="$ours" -v b="$theirs" -v c="$case" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d;
-      printf "import %s (dtype, shards, --ep): moe eval %.8f, float64 numpy forward %.8f (relative difference %.1e)\n", c, a, b, d
-      exit !(d <= 1e-5) }' || fail "the $dtype import computes another function"
+    ours=$(eval_loss 2 "$WORK/i-$dtype" --logits "$WORK/logits-$dtype.safetensors") ||
+      { cat "$WORK/eval.log"; fail "eval of the $dtype import"; }
+    reference=$("$PYTHON" "$SRC/tests/train/hf_forward.py" "$WORK/w-$dtype" "$WORK/val.bin" 32 24 \
+      --compare-logits "$WORK/logits-$dtype.safetensors")
+    theirs=$(grep -o '"loss":[^,}]*' <<<"$reference" | cut -d: -f2)
+    logits=$(grep -o '"logits_max_relative_difference":[^,}]*' <<<"$reference" | cut -d: -f2)
+    awk -v a="$ours" -v b="$theirs" -v c="$case" -v l="$logits" 'BEGIN { d = (a - b) / a; if (d < 0) d = -d;
+      printf "import %s (dtype, shards, --ep): logits within %.1e of the float64 numpy forward; loss %.8f against %.8f (%.1e)\n", c, l, a, b, d
+      exit !(d <= 1e-5 && l <= 1e-5) }' || fail "the $dtype import computes another function"
   done
+  expect_refused logits_exist "eval: --logits $WORK/logits-F32.safetensors already exists; nothing was overwritten" \
+    "$MOE" eval --checkpoint "$WORK/i-F32" --data "$WORK/val.bin" --seq-len 32 --windows 2 --logits "$WORK/logits-F32.safetensors"
   # A trained checkpoint: export -> import -> export gives the same files; the import evaluates the same.
   base
   ckpt="$WORK/base/checkpoints/step_00000020"

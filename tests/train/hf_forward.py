@@ -2,9 +2,10 @@
 """An independent check of `moe export`: reads the Hugging Face Mixtral files with nothing but the
 safetensors spec (struct + json + numpy, not our writer's code), runs Mixtral's forward pass in float64
 numpy from config.json alone, and prints the mean next-token loss over windows i = 0..N-1 of a token
-file, window i being tokens [i*L, i*L+L], as `moe eval` defines it.
+file, window i being tokens [i*L, i*L+L], as `moe eval` defines it. With --compare-logits, also the
+largest difference of `moe eval --logits`'s logits from its own, relative to each window's largest logit.
 
-    hf_forward.py EXPORT_DIR TOKENS.bin SEQ_LEN WINDOWS [uint16|uint32]
+    hf_forward.py EXPORT_DIR TOKENS.bin SEQ_LEN WINDOWS [uint16|uint32] [--compare-logits LOGITS.safetensors]
 """
 import json
 import os
@@ -104,19 +105,31 @@ def forward(cfg, W, tokens):
 
 
 def main():
-    export_dir, data, L, N = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    dtype = sys.argv[5] if len(sys.argv) > 5 else "uint16"
+    args = sys.argv[1:]
+    theirs = None  # --compare-logits FILE: `moe eval --logits` output, [N, L, vocab]
+    if "--compare-logits" in args:
+        at = args.index("--compare-logits")
+        theirs = read_safetensors(args[at + 1])["logits"]
+        del args[at:at + 2]
+    export_dir, data, L, N = args[0], args[1], int(args[2]), int(args[3])
+    dtype = args[4] if len(args) > 4 else "uint16"
     tokens = np.fromfile(data, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.int64)
     cfg, W = load(export_dir)
     assert cfg["model_type"] == "mixtral" and cfg["architectures"] == ["MixtralForCausalLM"]
-    total = 0.0
+    total, worst = 0.0, 0.0
     for i in range(N):
         window = tokens[i * L:i * L + L + 1]
         logits = forward(cfg, W, window[:-1])
+        if theirs is not None:  # the largest difference, relative to the window's largest logit
+            worst = max(worst, float(np.abs(theirs[i] - logits).max() / np.abs(logits).max()))
         m = logits.max(-1, keepdims=True)
         log_probs = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
         total -= log_probs[np.arange(L), window[1:]].sum()
-    print(json.dumps({"loss": total / (N * L), "tokens": N * L}))
+    out = {"loss": total / (N * L), "tokens": N * L}
+    if theirs is not None:
+        assert theirs.shape == (N, L, cfg["vocab_size"]), theirs.shape
+        out["logits_max_relative_difference"] = worst
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   eval->add_option("--windows", c.windows, "Windows N: window i is tokens [i*L, i*L+L]")
       ->required()
       ->check(CLI::Range(kOne, kMaxCount));
+  eval->add_option("--logits", c.logits_path, "Also write every window's logits, [windows, seq-len, vocab] float32, "
+                   "to this safetensors file (must not exist), to compare with another implementation");
 
   CLI::App* exp = app.add_subcommand("export", "Write a checkpoint as a Hugging Face Mixtral checkpoint");
   exp->add_option("checkpoint", c.checkpoint_dir, "Checkpoint directory")->required();

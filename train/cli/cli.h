@@ -22,6 +22,7 @@ struct CommandLine {
   int64_t import_ep = 1;          // import --ep
   std::string data_path;          // eval
   int64_t seq_len = 0, windows = 0;  // eval
+  std::string logits_path;           // eval --logits: where to write every window's logits ("": nowhere)
   std::string out_path;           // export, import, upcycle, tokenize, report
   std::string export_dtype = "float32";
   int64_t max_shard_bytes = 5'000'000'000LL;
