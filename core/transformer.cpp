@@ -4,6 +4,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "core/check.h"
@@ -21,13 +22,13 @@ RMSNormImpl::RMSNormImpl(int64_t hidden_size, double eps) : eps_(eps) {
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) { return rms_norm(x, weight, eps_); }
 
-at::Tensor apply_rope(const at::Tensor& x, double theta) {
+at::Tensor apply_rope(const at::Tensor& x, double theta, int64_t offset) {
   MOE_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, "rope: expected [B, S, H, head_dim] with an even head_dim, got ",
             x.sizes());
   const int64_t S = x.size(1), half = x.size(3) / 2;
   const auto opts = x.options().dtype(at::kFloat);
   const at::Tensor inv_freq = at::pow(theta, at::arange(0, half, opts) * (-2.0 / static_cast<double>(2 * half)));
-  const at::Tensor angles = at::outer(at::arange(S, opts), inv_freq);  // [S, hd/2]
+  const at::Tensor angles = at::outer(at::arange(offset, offset + S, opts), inv_freq);  // [S, hd/2]
   return rotate_half(x.contiguous(), angles.cos(), angles.sin());
 }
 
@@ -42,7 +43,7 @@ AttentionImpl::AttentionImpl(const TransformerOptions& options) : options_(optio
   o_proj = register_parameter("o_proj", init(o.hidden_size, H * hd));
 }
 
-at::Tensor AttentionImpl::forward(const at::Tensor& x) {
+at::Tensor AttentionImpl::forward(const at::Tensor& x, KVCache* cache) {
   const auto& o = options_;
   MOE_CHECK(x.dim() == 3 && x.size(2) == o.hidden_size, "attention: expected [B, S, ", o.hidden_size, "], got ",
             x.sizes());
@@ -51,18 +52,43 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   // Weights are float32 masters; the projections compute in x's dtype (bfloat16 under train.dtype), and
   // the casts' backward brings the gradients back to float32.
   const auto in_x = [&x](const at::Tensor& w) { return w.to(x.scalar_type()); };
-  const at::Tensor q = apply_rope(at::linear(x, in_x(q_proj)).view({B, S, H, hd}), o.rope_theta).transpose(1, 2);
-  at::Tensor k = apply_rope(at::linear(x, in_x(k_proj)).view({B, S, KV, hd}), o.rope_theta).transpose(1, 2);
+  const int64_t start = cache ? cache->length : 0;
+  const at::Tensor q = apply_rope(at::linear(x, in_x(q_proj)).view({B, S, H, hd}), o.rope_theta, start).transpose(1, 2);
+  at::Tensor k = apply_rope(at::linear(x, in_x(k_proj)).view({B, S, KV, hd}), o.rope_theta, start).transpose(1, 2);
   at::Tensor v = at::linear(x, in_x(v_proj)).view({B, S, KV, hd}).transpose(1, 2);
+  if (cache) {
+    MOE_CHECK(!at::GradMode::is_enabled(), "attention: a KV cache is for inference, under no_grad");
+    MOE_CHECK(start + S <= o.max_seq_len, "attention: ", start + S, " positions exceed model.max_seq_len (",
+              o.max_seq_len, ")");
+    if (!cache->k.defined()) {
+      cache->k = at::zeros({B, KV, o.max_seq_len, hd}, k.options());
+      cache->v = at::zeros({B, KV, o.max_seq_len, hd}, v.options());
+    }
+    MOE_CHECK(cache->k.size(0) == B, "attention: the cache holds ", cache->k.size(0), " sequences, the input ", B);
+    cache->k.narrow(2, start, S).copy_(k);
+    cache->v.narrow(2, start, S).copy_(v);
+    cache->length = start + S;
+    k = cache->k.narrow(2, 0, start + S);
+    v = cache->v.narrow(2, 0, start + S);
+  }
   if (KV != H) {  // query head h reads KV head h / (H / KV)
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
-  const at::Tensor out = causal_attention(q.reshape({B * H, S, hd}), k.reshape({B * H, S, hd}), v.reshape({B * H, S, hd}))
-                             .view({B, H, S, hd})
-                             .transpose(1, 2)
-                             .reshape({B, S, H * hd});
-  return at::linear(out, in_x(o_proj));
+  at::Tensor out;
+  if (cache) {  // S new queries against start + S keys: query i sees keys 0 .. start + i
+    const int64_t T = start + S;
+    const at::Tensor future = at::arange(T, x.options().dtype(at::kLong)).unsqueeze(0) >
+                              at::arange(start, T, x.options().dtype(at::kLong)).unsqueeze(1);
+    const at::Tensor scores = at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(-2, -1))
+                                  .div_(std::sqrt(static_cast<double>(hd)))
+                                  .masked_fill_(future, -std::numeric_limits<float>::infinity());
+    out = at::matmul(at::softmax(scores, -1), v.to(at::kFloat)).to(x.scalar_type());
+  } else {
+    out = causal_attention(q.reshape({B * H, S, hd}), k.reshape({B * H, S, hd}), v.reshape({B * H, S, hd}))
+              .view({B, H, S, hd});
+  }
+  return at::linear(out.transpose(1, 2).reshape({B, S, H * hd}), in_x(o_proj));
 }
 
 TransformerBlockImpl::TransformerBlockImpl(const TransformerOptions& o, int64_t layer, const ExpertParallel& parallel) {
@@ -82,8 +108,8 @@ TransformerBlockImpl::TransformerBlockImpl(const TransformerOptions& o, int64_t 
   }
 }
 
-at::Tensor TransformerBlockImpl::forward(const at::Tensor& x, std::vector<Routing>& routings) {
-  const at::Tensor h = x + self_attn->forward(input_layernorm->forward(x));
+at::Tensor TransformerBlockImpl::forward(const at::Tensor& x, std::vector<Routing>& routings, KVCache* cache) {
+  const at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), cache);
   const at::Tensor n = post_attention_layernorm->forward(h);
   if (moe) {
     MoEOutput out = moe->forward(n);
@@ -129,15 +155,17 @@ TransformerImpl::TransformerImpl(const TransformerOptions& options, const Expert
   }
 }
 
-TransformerOutput TransformerImpl::forward(const at::Tensor& tokens) {
+TransformerOutput TransformerImpl::forward(const at::Tensor& tokens, std::vector<KVCache>* caches) {
   MOE_CHECK(tokens.dim() == 2 && tokens.scalar_type() == at::kLong, "transformer: expected int64 tokens [B, S], got ",
             tokens.sizes(), " ", tokens.scalar_type());
   TransformerOutput out;
   at::Tensor x = at::embedding(embed_tokens, tokens).to(compute_dtype_);
   std::vector<at::Tensor> router_losses;  // the graph's own: with full recompute, the re-run's
-  for (auto& layer : layers) {
-    if (recompute_ != Recompute::kFull || !is_training()) {
-      x = layer->forward(x, out.routings);
+  if (caches) caches->resize(layers.size());
+  for (size_t l = 0; l < layers.size(); ++l) {
+    TransformerBlock& layer = layers[l];
+    if (recompute_ != Recompute::kFull || !is_training() || caches) {
+      x = layer->forward(x, out.routings, caches ? &(*caches)[l] : nullptr);
       if (layer->moe) router_losses.push_back(out.routings.back().loss);
       continue;
     }

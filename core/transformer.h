@@ -28,16 +28,24 @@ class RMSNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RMSNorm);
 
-// Rotary embedding of x [B, S, H, hd] at positions 0..S-1: pairs (i, i + hd/2) rotated by the angle
-// position * theta^(-2i/hd) (rotate-half), as Llama and Mixtral do.
-at::Tensor apply_rope(const at::Tensor& x_BSHd, double theta);
+// Rotary embedding of x [B, S, H, hd] at positions offset..offset+S-1: pairs (i, i + hd/2) rotated by the
+// angle position * theta^(-2i/hd) (rotate-half), as Llama and Mixtral do.
+at::Tensor apply_rope(const at::Tensor& x_BSHd, double theta, int64_t offset = 0);
+
+// One attention layer's keys and values of the positions seen so far, for generation: each forward
+// appends its positions' and attends over all of them, so a new token costs one position's work.
+struct KVCache {
+  at::Tensor k, v;     // [B, KV heads, model.max_seq_len, head_dim], allocated by the first forward
+  int64_t length = 0;  // positions held
+};
 
 class AttentionImpl : public torch::nn::Module {
  public:
   // Reads hidden_size, num_attention_heads, num_kv_heads, rope_theta and init_std.
   explicit AttentionImpl(const TransformerOptions& options);
-  // Causal self-attention over x [B, S, D].
-  at::Tensor forward(const at::Tensor& x_BSD);
+  // Causal self-attention over x [B, S, D]. With a cache (inference only): x is positions
+  // cache->length.. of the sequences, attending over the cached ones too, and appended to the cache.
+  at::Tensor forward(const at::Tensor& x_BSD, KVCache* cache = nullptr);
 
   const TransformerOptions& options() const { return options_; }
   int64_t head_dim() const { return options_.head_dim(); }
@@ -55,7 +63,7 @@ class TransformerBlockImpl : public torch::nn::Module {
  public:
   TransformerBlockImpl(const TransformerOptions& options, int64_t layer, const ExpertParallel& parallel);
   // x [B, S, D] -> [B, S, D]; appends this layer's routing to `routings` when it is an MoE layer.
-  at::Tensor forward(const at::Tensor& x_BSD, std::vector<Routing>& routings);
+  at::Tensor forward(const at::Tensor& x_BSD, std::vector<Routing>& routings, KVCache* cache = nullptr);
 
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
@@ -74,8 +82,10 @@ class TransformerImpl : public torch::nn::Module {
  public:
   // parallel: this rank's expert shard and groups, as for MoELayer (default: one process holds every expert).
   explicit TransformerImpl(const TransformerOptions& options, const ExpertParallel& parallel = {});
-  // tokens [B, S] int64 -> logits and the routing of every MoE layer.
-  TransformerOutput forward(const at::Tensor& tokens_BS);
+  // tokens [B, S] int64 -> logits and the routing of every MoE layer. With `caches` (generation, no
+  // gradient): the tokens continue the sequences the caches hold, one cache per layer (resized to the
+  // layers on the first call).
+  TransformerOutput forward(const at::Tensor& tokens_BS, std::vector<KVCache>* caches = nullptr);
 
   // Deterministic initialisation that does not depend on the number of ranks: each parameter (each
   // expert, for expert weights) draws from its own generator seeded by (seed, name, global expert), so

@@ -25,6 +25,7 @@
 #include "train/cli/cli.h"
 #include "train/cli/config.h"
 #include "train/evaluation.h"
+#include "train/generation.h"
 #include "train/trainer.h"
 
 namespace {
@@ -94,7 +95,7 @@ int main(int argc, char** argv) {
                           " already exists; nothing was overwritten");
         });
         const moe::EvalResult r = moe::evaluate_checkpoint(cl.checkpoint_dir, cl.data_path, cl.seq_len, cl.windows,
-                                                           world, world.local_rank(), !out.empty());
+                                                           cl.eval_batch, world, world.local_rank(), !out.empty());
         moe::all_ranks_succeed(world, [&] {  // rank 0 writes; every rank learns whether it could
           if (world.rank() != 0 || out.empty()) return;
           moe::write_safetensors(out + ".tmp", {{"logits", r.logits}}, {{"checkpoint", cl.checkpoint_dir}});
@@ -103,6 +104,17 @@ int main(int argc, char** argv) {
         if (world.rank() == 0) {
           std::cout << nlohmann::json({{"loss", r.loss}, {"tokens", r.tokens}}).dump() << std::endl;
         }
+        return 0;
+      });
+    case moe::Command::kGenerate:
+      return run_mpi(&argc, &argv, [&](moe::MpiCommunicator& world) {
+        moe::SamplingOptions o;
+        o.max_new_tokens = cl.max_new_tokens;
+        o.temperature = cl.temperature;
+        o.top_p = cl.top_p;
+        o.seed = cl.seed;
+        const std::string text = moe::generate_from_checkpoint(cl.checkpoint_dir, cl.prompt, o, world, world.local_rank());
+        if (world.rank() == 0) std::cout << cl.prompt << text << std::endl;
         return 0;
       });
     default:
@@ -127,7 +139,8 @@ int main(int argc, char** argv) {
                 << " files, saved on " << manifest["world_size"] << " ranks with expert parallel "
                 << manifest["expert_parallel_size"] << ")" << std::endl;
     } else {
-      std::cerr << "moe-engine runs train, eval, export, import, upcycle and checkpoint; run moe for the other commands" << std::endl;
+      std::cerr << "moe-engine runs train, eval, generate, export, import, upcycle and checkpoint; run moe for the "
+                   "other commands" << std::endl;
       return 2;
     }
   } catch (const std::exception& e) {

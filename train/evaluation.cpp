@@ -64,45 +64,55 @@ double evaluate_windows(Transformer& model, const TokenFile& file, const std::ve
   return host[0].item<double>() / host[1].item<double>();
 }
 
-EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
-                               Communicator& world, int local_rank, bool with_logits) {
-  Config config;
-  std::unique_ptr<TokenFile> file;
+InferenceModel load_for_inference(const std::string& dir, Communicator& world, int local_rank,
+                                  const std::function<void(const Config&)>& checks) {
+  InferenceModel m;
   RankPlacement placement;
   all_ranks_succeed(world, [&] {
-    MOE_INPUT_CHECK(seq_len >= 1 && windows >= 1, "eval: --seq-len (", seq_len, ") and --windows (", windows,
-                    ") must be positive");
     verify_checkpoint(dir);
-    config = load_config(dir + "/config.yaml", {}, 0);
-    MOE_INPUT_CHECK(seq_len <= config.model.max_seq_len, "eval: --seq-len ", seq_len, " exceeds model.max_seq_len (",
-                    config.model.max_seq_len, ") of ", dir, "/config.yaml");
+    m.config = load_config(dir + "/config.yaml", {}, 0);
+    Config& config = m.config;
     const int64_t E = config.model.moe.router.num_experts;
-    MOE_INPUT_CHECK(E == 0 || E % world.size() == 0, "eval: the number of ranks (", world.size(),
+    MOE_INPUT_CHECK(E == 0 || E % world.size() == 0, "the number of ranks (", world.size(),
                     ") must divide moe.num_experts (", E, ") of ", dir, "/config.yaml");
     config.parallel.expert_parallel_size = E > 0 ? world.size() : 1;
     config.model.moe.router.capacity_factor.reset();  // dropless
     config.model.moe.router.eval_capacity_factor.reset();
-    file = std::make_unique<TokenFile>(data, config.data.dtype, config.model.vocab_size, windows * seq_len + 1);
+    checks(config);
     placement = select_placement(config, local_rank);
   });
-  watchdog::start(config.parallel.timeout_s, config.parallel.slow_timeout_s, world.rank());
+  watchdog::start(m.config.parallel.timeout_s, m.config.parallel.slow_timeout_s, world.rank());
   // The checkpoint's backend; `world` (MPI) agrees on the inputs.
-  const std::unique_ptr<Communicator> comm = make_communicator(placement, config);
-  const ParallelDims dims(comm->size(), comm->rank(), static_cast<int>(config.parallel.expert_parallel_size),
-                          config.model.moe.router.num_experts);
-  const ProcessGroups groups = make_process_groups(*comm, dims);
-  Transformer model(config.model, ExpertParallel{dims, groups.ep.get(), comm.get()});
-  model->to(placement.device);
-  CheckpointState state = make_checkpoint_state(model, nullptr);
+  m.comm = make_communicator(placement, m.config);
+  const ParallelDims dims(m.comm->size(), m.comm->rank(), static_cast<int>(m.config.parallel.expert_parallel_size),
+                          m.config.model.moe.router.num_experts);
+  m.groups = make_process_groups(*m.comm, dims);
+  m.model = Transformer(m.config.model, ExpertParallel{dims, m.groups.ep.get(), m.comm.get()});
+  m.model->to(placement.device);
+  CheckpointState state = make_checkpoint_state(m.model, nullptr);
   {
     watchdog::Slow loading;  // every rank reads and checks every file
     all_ranks_succeed(world, [&] { load_checkpoint(dir, state, dims); });
   }
+  m.model->eval();
+  return m;
+}
+
+EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data, int64_t seq_len, int64_t windows,
+                               int64_t batch, Communicator& world, int local_rank, bool with_logits) {
+  std::unique_ptr<TokenFile> file;
+  InferenceModel m = load_for_inference(dir, world, local_rank, [&](const Config& config) {
+    MOE_INPUT_CHECK(seq_len >= 1 && windows >= 1, "eval: --seq-len (", seq_len, ") and --windows (", windows,
+                    ") must be positive");
+    MOE_INPUT_CHECK(seq_len <= config.model.max_seq_len, "eval: --seq-len ", seq_len, " exceeds model.max_seq_len (",
+                    config.model.max_seq_len, ") of ", dir, "/config.yaml");
+    file = std::make_unique<TokenFile>(data, config.data.dtype, config.model.vocab_size, windows * seq_len + 1);
+  });
   std::vector<int64_t> offsets(windows);
   for (int64_t i = 0; i < windows; ++i) offsets[i] = i * seq_len;
   EvalResult result;
   result.tokens = windows * seq_len;
-  result.loss = evaluate_windows(model, *file, offsets, seq_len, config.train.micro_batch_size, *comm,
+  result.loss = evaluate_windows(m.model, *file, offsets, seq_len, batch, *m.comm,
                                  with_logits ? &result.logits : nullptr);
   return result;
 }

@@ -38,8 +38,20 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
   eval->add_option("--windows", c.windows, "Windows N: window i is tokens [i*L, i*L+L]")
       ->required()
       ->check(CLI::Range(kOne, kMaxCount));
+  eval->add_option("--batch", c.eval_batch, "Windows per forward on each rank (the result does not depend on the "
+                   "checkpoint's train.micro_batch_size)")->check(CLI::Range(kOne, int64_t{1} << 20));
   eval->add_option("--logits", c.logits_path, "Also write every window's logits, [windows, seq-len, vocab] float32, "
                    "to this safetensors file (must not exist), to compare with another implementation");
+
+  CLI::App* generate = app.add_subcommand("generate", "Continue a prompt with a checkpoint's model (byte-level), "
+                                           "sampling token by token with a KV cache");
+  generate->add_option("--checkpoint", c.checkpoint_dir, "Checkpoint directory")->required();
+  generate->add_option("--prompt", c.prompt, "The text to continue")->required();
+  generate->add_option("--max-new-tokens", c.max_new_tokens, "Tokens (bytes) to add")->check(CLI::Range(kOne, kMaxCount));
+  generate->add_option("--temperature", c.temperature, "Softmax temperature; 0: greedy")->check(CLI::Range(0.0, 1e6));
+  generate->add_option("--top-p", c.top_p, "Nucleus sampling: the most likely tokens up to this probability")
+      ->check(CLI::Range(1e-9, 1.0));
+  generate->add_option("--seed", c.seed, "Seed of the sampler: the same seed, the same text");
 
   CLI::App* exp = app.add_subcommand("export", "Write a checkpoint as a Hugging Face Mixtral checkpoint");
   exp->add_option("checkpoint", c.checkpoint_dir, "Checkpoint directory")->required();
@@ -102,7 +114,7 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
       {train, Command::kTrain},       {eval, Command::kEval},         {exp, Command::kExport},   {imp, Command::kImport},
       {upcycle, Command::kUpcycle},
       {verify, Command::kCheckpointVerify}, {tokenize, Command::kTokenize}, {plan, Command::kPlan},
-      {report, Command::kReport}};
+      {report, Command::kReport},     {generate, Command::kGenerate}};
   for (const auto& [sub, command] : commands) {
     if (sub->parsed()) {
       c.command = command;
@@ -114,7 +126,8 @@ int parse_command_line(int argc, char** argv, CommandLine& c) {
 }
 
 bool runs_in_engine(Command command) {
-  return command == Command::kTrain || command == Command::kEval || command == Command::kExport || command == Command::kImport ||
+  return command == Command::kTrain || command == Command::kEval || command == Command::kGenerate ||
+         command == Command::kExport || command == Command::kImport ||
          command == Command::kUpcycle ||
          command == Command::kCheckpointVerify;
 }

@@ -10,7 +10,7 @@
 
 namespace moe {
 
-enum class Command { kNone, kTrain, kEval, kExport, kImport, kUpcycle, kCheckpointVerify, kTokenize, kPlan, kReport };
+enum class Command { kNone, kTrain, kEval, kExport, kImport, kUpcycle, kCheckpointVerify, kTokenize, kPlan, kReport, kGenerate };
 
 struct CommandLine {
   Command command = Command::kNone;
@@ -23,6 +23,11 @@ struct CommandLine {
   std::string data_path;          // eval
   int64_t seq_len = 0, windows = 0;  // eval
   std::string logits_path;           // eval --logits: where to write every window's logits ("": nowhere)
+  int64_t eval_batch = 8;            // eval --batch: windows per forward on each rank
+  std::string prompt;                // generate
+  int64_t max_new_tokens = 128;      // generate
+  double temperature = 1.0, top_p = 1.0;  // generate
+  uint64_t seed = 0;                 // generate
   std::string out_path;           // export, import, upcycle, tokenize, report
   std::string export_dtype = "float32";
   int64_t max_shard_bytes = 5'000'000'000LL;
