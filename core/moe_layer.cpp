@@ -38,9 +38,9 @@ Routing token_slice(const Routing& r, int64_t t0, int64_t n) {
   out.probs_TK = r.probs_TK.narrow(0, t0, n);
   out.expert_ids_TK = r.expert_ids_TK.narrow(0, t0, n);
   out.keep_TK = r.keep_TK.narrow(0, t0, n);
-  const at::Tensor counts = at::bincount(out.expert_ids_TK.masked_select(out.keep_TK), {},
-                                         static_cast<int64_t>(r.tokens_per_expert.size()))
-                                .to(at::kCPU, at::kLong);
+  out.tokens_per_expert_E = at::bincount(out.expert_ids_TK.masked_select(out.keep_TK), {},
+                                         static_cast<int64_t>(r.tokens_per_expert.size()));
+  const at::Tensor counts = out.tokens_per_expert_E.to(at::kCPU, at::kLong);
   out.tokens_per_expert.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
   return out;
 }

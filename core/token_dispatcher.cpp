@@ -58,6 +58,11 @@ at::Tensor set_positions(const at::Tensor& flags, int64_t count) {
   return std::get<1>(at::sort(flags.logical_not().to(at::kByte), /*stable=*/true, 0, false)).narrow(0, 0, count);
 }
 
+void check_host_counts(const Routing& routing, int64_t num_experts) {
+  MOE_CHECK(static_cast<int64_t>(routing.tokens_per_expert.size()) == num_experts, "token dispatcher: the routing holds ",
+            routing.tokens_per_expert.size(), " host counts for ", num_experts, " experts");
+}
+
 using Holder = c10::intrusive_ptr<torch::CustomClassHolder>;
 
 RowExchange& as_exchange(const Holder& holder) { return *static_cast<RowExchange*>(holder.get()); }
@@ -109,16 +114,15 @@ at::Tensor TokenDispatcher::combine(const at::Tensor& y_ND, const DispatchHandle
   return combine_finish(combine_start(y_ND, handle), handle);
 }
 
-Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Routing& routing, bool gather_rows) {
+Dispatched LocalTokenDispatcher::permute_tokens(const at::Tensor& x_TD, const Routing& routing) {
   ScopedPhase timer(times_, &PhaseTimes::permute);
-  MOE_CHECK(static_cast<int64_t>(routing.tokens_per_expert.size()) == num_experts_, "token dispatcher: the routing holds ",
-            routing.tokens_per_expert.size(), " host counts for ", num_experts_, " experts");
+  check_host_counts(routing, num_experts_);
   Dispatched d;
   d.handle.permutation =
       make_permutation(routing.expert_ids_TK, routing.keep_TK, num_experts_,
                        std::accumulate(routing.tokens_per_expert.begin(), routing.tokens_per_expert.end(), int64_t{0}));
   d.handle.probs_TK = routing.probs_TK;
-  if (gather_rows) d.x_ND = permute(x_TD, d.handle.permutation);
+  d.x_ND = permute(x_TD, d.handle.permutation);
   return d;
 }
 
@@ -168,11 +172,19 @@ at::Tensor AllToAllTokenDispatcher::finish_exchange(const RowsInFlight& in_fligh
 }
 
 Dispatched AllToAllTokenDispatcher::dispatch_start(const at::Tensor& x_TD, const Routing& routing) {
-  Dispatched d = local_.permute_tokens(x_TD, routing, /*gather_rows=*/!once_per_rank_);
+  const int64_t El = dims_.num_local_experts, T = x_TD.size(0);
+  // Once per rank needs no sort by expert here (the receiver orders rows by its local experts): combine
+  // only reads the token count from the permutation.
+  Dispatched d;
+  if (once_per_rank_) {
+    d.handle.permutation.num_tokens = T;
+    d.handle.probs_TK = routing.probs_TK;
+  } else {
+    d = local_.permute_tokens(x_TD, routing);
+  }
   DispatchHandle& h = d.handle;
   ScopedPhase timer(times_, &PhaseTimes::dispatch);
   const int R = ep_group_.size();
-  const int64_t El = dims_.num_local_experts, T = x_TD.size(0);
   // Once per rank: wanted_RTL[r][t][j] says local expert j of rank r takes token t; a token reaching
   // rank r at all is one row to it, in token order.
   at::Tensor wanted_RTL, reached_RT, unique_R;
@@ -188,7 +200,8 @@ Dispatched AllToAllTokenDispatcher::dispatch_start(const at::Tensor& x_TD, const
   // Counts first: row r of recv_counts_RC is how many rows rank r sends to each of our local experts,
   // and once per rank how many distinct tokens.
   const int64_t C = once_per_rank_ ? El + 1 : El;
-  at::Tensor send_counts = h.permutation.tokens_per_expert_E.view({R, El});
+  check_host_counts(routing, dims_.num_experts);
+  at::Tensor send_counts = routing.tokens_per_expert_E.view({R, El});
   if (once_per_rank_) send_counts = at::cat({send_counts, unique_R.view({R, 1})}, 1);
   at::Tensor recv_counts_RC = at::empty({R, C}, send_counts.options());
   at::Tensor recv_counts = recv_counts_RC.view({R * C, 1});

@@ -103,9 +103,8 @@ class LocalTokenDispatcher : public TokenDispatcher {
   RowsInFlight combine_start(const at::Tensor& y_ND, const DispatchHandle&) override { return {y_ND, {}}; }
   at::Tensor combine_finish(const RowsInFlight& y, const DispatchHandle& handle) override;
   int64_t num_local_experts() const override { return num_experts_; }
-  // dispatch() without the per-expert row counts on the host, which an exchange replaces by its own;
-  // without gather_rows, only the permutation (combine's), for a dispatch that sends other rows.
-  Dispatched permute_tokens(const at::Tensor& x_TD, const Routing& routing, bool gather_rows = true);
+  // dispatch() without the per-expert row counts on the host, which an exchange replaces by its own.
+  Dispatched permute_tokens(const at::Tensor& x_TD, const Routing& routing);
 
  private:
   int64_t num_experts_;
