@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "core/transformer.h"
 
 namespace moe {
@@ -84,10 +86,13 @@ TEST(Plan, ActivationsByRecomputeByHand) {
   const int64_t layer = 12288 + 49152 + 4 * 64 + 2 * 64;
   EXPECT_EQ(f32.buffer_bytes, 4 * layer);
   EXPECT_EQ(bf16.buffer_bytes, 6 * layer);
-  // The all-to-all carries bf16 rows: half the bytes.
+  // The all-to-all carries bf16 rows: half the bytes (a row per assignment, nothing beside the rows).
   const std::string tiny = std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml";
-  const Plan f32_ep2 = make_plan(load_config(tiny, {"parallel.expert_parallel_size=2"}, 2), 2);
-  const Plan bf16_ep2 = make_plan(load_config(tiny, {"parallel.expert_parallel_size=2", "train.dtype=bfloat16"}, 2), 2);
+  const Plan f32_ep2 =
+      make_plan(load_config(tiny, {"parallel.expert_parallel_size=2", "moe.dispatch_once_per_rank=false"}, 2), 2);
+  const Plan bf16_ep2 = make_plan(
+      load_config(tiny, {"parallel.expert_parallel_size=2", "moe.dispatch_once_per_rank=false", "train.dtype=bfloat16"}, 2),
+      2);
   EXPECT_GT(f32_ep2.a2a_bytes_per_step, 0);
   EXPECT_EQ(2 * bf16_ep2.a2a_bytes_per_step, f32_ep2.a2a_bytes_per_step);
 }
@@ -119,10 +124,11 @@ TEST(Plan, StepEstimateOnHardwareByHand) {
   const double flops = 2 * (6 * (12288 + 256 + 24576) + 12 * 4 * 16 * 32) + 6 * 256 * 64;  // FlopsPerTokenByHand
   EXPECT_DOUBLE_EQ(e.tokens_per_rank, 64);
   EXPECT_NEAR(e.compute_s, flops * 64 / (0.5 * 989e12), 1e-12 * e.compute_s);
-  // All-to-all: 4 exchanges x 2 layers x 64 tokens x top-2 x 64 values x 2 bytes, half to the other rank
-  // of the EP group, inside the node: NVLink's 450 GB/s.
+  // All-to-all: 2 layers x 64 tokens, 5/6 of them reaching the other rank of the EP group (top-2 of 4
+  // experts, 2 a rank), each 4 rows of 64 bf16 values, 2 float32 gate weights both ways and a 2-byte mask
+  // (Plan.AllToAllBytesByHand), inside the node: NVLink's 450 GB/s.
   EXPECT_TRUE(e.a2a_inside_node);
-  EXPECT_NEAR(e.a2a_s, 4 * 2 * 64 * 2 * 64 * 2 / 2 / 450e9, 1e-12 * e.a2a_s);
+  EXPECT_NEAR(e.a2a_s, std::llround(2 * 64 * 5.0 / 6 * (4 * 64 * 2 + 2 * 4 * 2 + 2)) / 450e9, 1e-12 * e.a2a_s);
   // Gradients, float32, rings over InfiniBand's 50 GB/s (the world spans 2 nodes): dense 2 x 32768 + 64
   // (embedding, head, final norm) + 2 layers x (12288 + 128 + 256) over 16 ranks; the 2 local experts
   // of 3 x 64 x 64 in 2 layers over the EDP group of 8.
@@ -155,11 +161,35 @@ TEST(Plan, StepEstimateOnHardwareByHand) {
 }
 
 TEST(Plan, AllToAllBytesByHand) {
-  // 2 MoE layers x 4 exchanges x accumulation 2 x (2 x 32 tokens x top-2 x 64 floats x 4 bytes) x (EP-1)/EP.
-  const Config c = load_config(std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml",
-                               {"parallel.expert_parallel_size=2"}, 2);
-  EXPECT_EQ(make_plan(c, 2).a2a_bytes_per_step, 2 * 4 * 2 * (2 * 32 * 2 * 64 * 4) / 2);
-  EXPECT_EQ(make_plan(c, 2).params_per_rank, make_plan(c, 1).total_params - 2 * 2 * 3 * 64 * 64);
+  const std::string tiny = std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml";
+  // A row per assignment: 2 MoE layers x 4 exchanges x accumulation 2 x (2 x 32 tokens x top-2 x 64 floats x
+  // 4 bytes) x (EP-1)/EP.
+  const Config per_expert =
+      load_config(tiny, {"parallel.expert_parallel_size=2", "moe.dispatch_once_per_rank=false"}, 2);
+  EXPECT_EQ(make_plan(per_expert, 2).a2a_bytes_per_step, 2 * 4 * 2 * (2 * 32 * 2 * 64 * 4) / 2);
+  EXPECT_EQ(make_plan(per_expert, 2).params_per_rank, make_plan(per_expert, 1).total_params - 2 * 2 * 3 * 64 * 64);
+  // Once per rank: top-2 of 4 experts, 2 a rank, miss the other rank's pair with chance 1 / C(4, 2): a
+  // token reaches it 5/6 of the time. Each time 4 rows of 64 floats (out, back, both gradients), 2 gate
+  // weights and their gradients (float32) and a 2-byte mask: 2 layers x accumulation 2 x 64 tokens x 5/6 x
+  // 1042 bytes.
+  const Config once = load_config(tiny, {"parallel.expert_parallel_size=2"}, 2);
+  EXPECT_EQ(make_plan(once, 2).a2a_bytes_per_step, std::llround(2 * 2 * 64 * 5.0 / 6 * (4 * 64 * 4 + 2 * 4 * 2 + 2)));
+  // 16 experts top-4 on 4 ranks in 4 groups (a group a rank), 2 groups a token: a token's groups include a
+  // given rank's half the time, and its 4 picks among the 8 experts of its groups miss that rank's 4 with
+  // chance 1 / C(8, 4): 3 x (1/2) x (69/70) other ranks a token (the layer benchmark measured 1.50).
+  const Config groups = load_config(tiny,
+                                    {"parallel.expert_parallel_size=4", "moe.num_experts=16", "moe.top_k=4",
+                                     "moe.num_groups=4", "moe.group_topk=2", "train.global_batch_size=8"},
+                                    4);
+  const double rows = 2 * 1 * 64 * 3 * 0.5 * 69.0 / 70;
+  EXPECT_EQ(make_plan(groups, 4).a2a_bytes_per_step, std::llround(rows * (4 * 64 * 4 + 4 * 4 * 2 + 4)));
+  // Without groups: 3 x (1 - C(12, 4) / C(16, 4)) = 3 x 1325/1820 (the benchmark measured 2.17).
+  const Config unlimited = load_config(tiny,
+                                  {"parallel.expert_parallel_size=4", "moe.num_experts=16", "moe.top_k=4",
+                                   "train.global_batch_size=8"},
+                                  4);
+  EXPECT_EQ(make_plan(unlimited, 4).a2a_bytes_per_step,
+            std::llround(2 * 1 * 64 * 3 * 1325.0 / 1820 * (4 * 64 * 4 + 4 * 4 * 2 + 4)));
 }
 
 TEST(Plan, Mixtral8x7bHasMistralsPublishedSizes) {

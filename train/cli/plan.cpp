@@ -1,6 +1,7 @@
 #include "train/cli/plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <utility>
 
@@ -9,6 +10,40 @@
 namespace moe {
 
 namespace {
+
+double binomial(double n, double k) {
+  if (k < 0 || k > n) return 0;
+  double c = 1;
+  for (int64_t i = 0; i < static_cast<int64_t>(k); ++i) c *= (n - static_cast<double>(i)) / (k - static_cast<double>(i));
+  return c;
+}
+
+// The chance that k of n experts, drawn uniformly without replacement, all miss a given m of them.
+double miss_chance(double n, double m, double k) { return binomial(n - m, k) / binomial(n, k); }
+
+// The other EP ranks a token's top-k experts sit on, expected under uniform routing: the rows a dispatch
+// once per rank sends per token. Node-limited routing picks group_topk of num_groups groups first, then
+// the experts inside them; a group lies inside one rank (num_groups a multiple of EP) or spans ranks (a
+// divisor), as the router requires.
+double remote_ranks_per_token(const RouterOptions& r, int64_t ep) {
+  const double E = static_cast<double>(r.num_experts), K = static_cast<double>(r.top_k), EP = static_cast<double>(ep);
+  const double El = E / EP;
+  double reach = 1 - miss_chance(E, El, K);
+  if (r.num_groups > 0 && r.group_topk < r.num_groups) {
+    const double G = static_cast<double>(r.num_groups), M = static_cast<double>(r.group_topk), Eg = E / G;
+    if (r.num_groups % ep == 0) {  // q groups a rank: j of them among the M a token picks
+      const double q = G / EP;
+      double miss = 0;
+      for (double j = 0; j <= std::min(q, M); ++j) {
+        miss += binomial(q, j) * binomial(G - q, M - j) / binomial(G, M) * miss_chance(M * Eg, j * Eg, K);
+      }
+      reach = 1 - miss;
+    } else {  // the rank's group is among the M picked, then one of the picks lands on the rank
+      reach = M / G * (1 - miss_chance(M * Eg, El, K));
+    }
+  }
+  return (EP - 1) * reach;
+}
 
 template <typename N>
 PlanOf<N> plan_of(const Config& c, int world_size) {
@@ -131,8 +166,17 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
   // the bf16 one and its float32 conversion).
   p.buffer_bytes = bucket + (bf16 ? 6 : 4) * std::max(largest_layer, V * D);
   const N accumulation = c.accumulation_steps(world_size);
-  // Each exchange sends T*K rows of D activations, of which (EP-1)/EP leave the rank; four exchanges a layer.
-  p.a2a_bytes_per_step = 4 * p.num_moe_layers * accumulation * (T * K * D * b) * (EP - 1) / EP;
+  // Four exchanges a layer: dispatch and combine, forward and backward. Once per expert each sends T*K rows
+  // of D activations, (EP-1)/EP of them to other ranks. Once per rank a row goes to each other rank a
+  // token's experts sit on, and dispatch's row carries the token's float32 gate weights for that rank's
+  // experts (their gradient comes back) and a byte mask of them.
+  if (o.moe.dispatch_once_per_rank && EP > 1) {
+    const long double rows = static_cast<long double>(p.num_moe_layers) * static_cast<long double>(accumulation) *
+                             static_cast<long double>(T) * remote_ranks_per_token(o.moe.router, c.parallel.expert_parallel_size);
+    p.a2a_bytes_per_step = static_cast<N>(std::round(rows * static_cast<long double>(4 * D * b + (2 * f + 1) * experts_per_rank)));
+  } else {
+    p.a2a_bytes_per_step = 4 * p.num_moe_layers * accumulation * (T * K * D * b) * (EP - 1) / EP;
+  }
   return p;
 }
 

@@ -26,7 +26,9 @@ struct PlanOf {
   // the weight gradients of one layer that backward makes before adding them in.
   N buffer_bytes = 0;
   // Bytes each rank sends through all-to-all per optimizer step: dispatch and combine, forward and
-  // backward, every MoE layer and micro-batch, with tokens spread evenly over the experts.
+  // backward, every MoE layer and micro-batch, with tokens routed uniformly over the experts: a row per
+  // assignment on another rank, or with moe.dispatch_once_per_rank a row per other rank a token's experts
+  // sit on (the expected number), with the gate weights and mask that go with it.
   N a2a_bytes_per_step = 0;
   N num_moe_layers = 0;
   // Model FLOPs per token of a training step, forward and backward: 6 per matrix weight a token passes
