@@ -41,6 +41,7 @@ class Page(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.charts, self.series, self.cells, self.ready, self.configs = [], [], {}, False, []
+        self.values = {}
         self.cell, self.rects = None, 0
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -49,7 +50,9 @@ class Page(html.parser.HTMLParser):
         if tag == "g" and "data-series" in a: self.series.append(a["data-series"])
         if tag == "rect" and "data-load" in a: self.rects += 1
         if tag == "pre" and "data-config" in a: self.configs.append(a["data-config"])
-        if tag == "td" and "data-field" in a: self.cell = a["data-field"]
+        if tag == "td" and "data-field" in a:
+            self.cell = a["data-field"]
+            self.values[(self.run, self.cell)] = a.get("data-value")
         if tag == "tr" and "data-run" in a: self.run = a["data-run"]
     def handle_data(self, data):
         if self.cell:
@@ -70,10 +73,14 @@ for name, path in (("tiny", tiny), ("dense", dense)):
     records = [json.loads(line) for line in open(path)]
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
-    assert float(p.cells[(name, "loss")]) == train[-1]["loss"], (p.cells[(name, "loss")], train[-1]["loss"])
-    assert float(p.cells[(name, "eval_loss")]) == evals[-1]["loss"]
-    assert int(p.cells[(name, "step")]) == train[-1]["step"] and int(p.cells[(name, "tokens")]) == train[-1]["tokens"]
-    assert float(p.cells[(name, "mfu")]) == train[-1]["mfu"]
+    tokens_per_s = sorted(r["tokens_per_s"] for r in train)[len(train) // 2]
+    # Each cell holds metrics.jsonl's value exactly, and shows it rounded to `digits` (MFU in percent).
+    for field, want, scale, digits in (("step", train[-1]["step"], 1, 0), ("tokens", train[-1]["tokens"], 1, 0),
+                                       ("loss", train[-1]["loss"], 1, 4), ("eval_loss", evals[-1]["loss"], 1, 4),
+                                       ("tokens_per_s", tokens_per_s, 1, 0), ("mfu", train[-1]["mfu"], 100, 1)):
+        value, text = float(p.values[(name, field)]), p.cells[(name, field)].rstrip("%")
+        assert value == want, (name, field, value, want)
+        assert abs(float(text) - scale * want) <= 0.5 * 10 ** -digits + 1e-9, (name, field, text, want)
 moe = [json.loads(line) for line in open(tiny) if '"kind":"moe"' in line]
 assert p.rects == sum(len(m["layers"]) * len(m["layers"][0]["routed"]) for m in moe), p.rects
 print(f"report: {len(p.charts)} charts, {len(p.series)} series, the summary equal to metrics.jsonl")

@@ -3,13 +3,13 @@
 #include <nlohmann/json.hpp>
 
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "core/check.h"
+#include "train/cli/atomic_write.h"
 
 namespace moe {
 namespace {
@@ -101,13 +101,23 @@ function lineChart(parent, id, title, xlabel, ylabel, series) {
   const fig = el("figure", {}, parent);
   el("figcaption", {}, fig, title);
   const W = 440, H = 260, L = 56, R = 12, T = 10, B = 40;
-  const svg = el("svg", {width: W, height: H + 18 * Math.ceil(series.length / 2), "data-chart": id}, fig);
+  // The legend flows under the plot, each entry as wide as its name (long run names take a line each).
+  const legend = [];
+  let lx = L, ly = H + 4;
+  for (const s of series) {
+    const w = 30 + 6.5 * s.name.length;
+    if (lx > L && lx + w > W - R) { lx = L; ly += 18; }
+    legend.push([lx, ly]);
+    lx += w;
+  }
+  const svg = el("svg", {width: W, height: series.length ? ly + 18 : H, "data-chart": id}, fig);
   const pts = series.flatMap(s => s.points).filter(p => Number.isFinite(p[0]) && Number.isFinite(p[1]));
   if (pts.length === 0) { el("text", {x: L, y: T + 20}, svg, "no data yet"); return svg; }
   let [x0, x1] = [Math.min(...pts.map(p => p[0])), Math.max(...pts.map(p => p[0]))];
   let [y0, y1] = [Math.min(...pts.map(p => p[1])), Math.max(...pts.map(p => p[1]))];
   if (x0 === x1) { x0 -= 1; x1 += 1; }
-  if (y0 === y1) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
+  if (y0 === y1 && y0 === 0) y1 = 1;  // nothing dropped, say: a fraction's axis, not one around zero
+  if (y0 === y1) { y0 -= Math.abs(y0) * 0.1; y1 += Math.abs(y1) * 0.1; }
   const sx = x => L + (x - x0) / (x1 - x0) * (W - L - R), sy = y => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
   for (const t of ticks(x0, x1, 5)) {
     el("line", {x1: sx(t), x2: sx(t), y1: T, y2: H - B, stroke: "#eee"}, svg);
@@ -131,7 +141,7 @@ function lineChart(parent, id, title, xlabel, ylabel, series) {
                       "stroke-width": 1.5}, g);
     }
     for (const p of good.length <= 60 ? good : []) el("circle", {cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: color}, g);
-    const lx = L + (i % 2) * 190, ly = H + 4 + 18 * Math.floor(i / 2);
+    const [lx, ly] = legend[i];
     el("rect", {x: lx, y: ly, width: 12, height: 12, fill: color}, svg);
     el("text", {x: lx + 16, y: ly + 10}, svg, s.name);
   });
@@ -176,8 +186,13 @@ const last = a => a[a.length - 1];
 const median = a => { const s = [...a].sort((x, y) => x - y); return s.length ? s[Math.floor(s.length / 2)] : NaN; };
 document.getElementById("runs").textContent = DATA.runs.map(r => r.dir).join(", ");
 
-// The summary: the last values of each run, as metrics.jsonl has them.
+// The summary: the last values of each run, rounded for reading; each cell's data-value (and tooltip)
+// holds the value as metrics.jsonl has it.
 const summary = el("table", {id: "summary"}, el("section", {}, report));
+function cell(row, field, value, shown) {
+  if (value === undefined) return el("td", {"data-field": field}, row, "-");
+  return el("td", {"data-field": field, "data-value": String(value), title: String(value)}, row, shown(value));
+}
 const head = el("tr", {}, summary);
 for (const h of ["run", "steps", "train loss", "validation loss", "tokens", "tokens/s (median)", "MFU (last)"]) {
   el("th", {}, head, h);
@@ -186,17 +201,18 @@ for (const run of DATA.runs) {
   const train = kinds(run, "train"), ev = kinds(run, "eval"), row = el("tr", {"data-run": run.name}, summary);
   const t = last(train), e = last(ev);
   el("td", {}, row, run.name);
-  el("td", {"data-field": "step"}, row, t ? String(t.step) : "-");
-  el("td", {"data-field": "loss"}, row, t ? String(t.loss) : "-");
-  el("td", {"data-field": "eval_loss"}, row, e ? String(e.loss) : "-");
-  el("td", {"data-field": "tokens"}, row, t && t.tokens !== undefined ? String(t.tokens) : "-");
-  el("td", {"data-field": "tokens_per_s"}, row, train.length ? String(median(train.map(r => r.tokens_per_s))) : "-");
-  el("td", {"data-field": "mfu"}, row, t ? String(t.mfu) : "-");
+  cell(row, "step", t && t.step, String);
+  cell(row, "loss", t && t.loss, v => v.toFixed(4));
+  cell(row, "eval_loss", e && e.loss, v => v.toFixed(4));
+  cell(row, "tokens", t && t.tokens, String);
+  cell(row, "tokens_per_s", train.length ? median(train.map(r => r.tokens_per_s)) : undefined, v => v.toFixed(0));
+  cell(row, "mfu", t && t.mfu, v => (100 * v).toFixed(1) + "%");
 }
 
-function section(title) {
+function section(title, note) {
   const s = el("section", {}, report);
   el("h2", {}, s, title);
+  if (note) el("p", {}, s, note);
   return el("div", {class: "charts"}, s);
 }
 
@@ -226,7 +242,9 @@ for (const run of runs) {
   lineChart(routing, `entropy-${run.name}`, "Router entropy", "step", "nats", perLayer(l => l.router_entropy));
   lineChart(routing, `a2a-${run.name}`, "All-to-all share of the step, per rank", "step", "share",
             moe[0].ranks.map((r, i) => ({name: "rank " + r.rank, points: moe.map(m => [m.step, m.ranks[i].a2a_share])})));
-  const load = section(`Expert load: ${run.name}`);
+  const load = section(`Expert load: ${run.name}`, "Each column one log interval; each cell an expert's routed " +
+                      "assignments against the layer's mean: white at the mean, bluer below it down to none, " +
+                      "redder above it up to twice the mean or more. Hover a cell for its count.");
   layers.forEach((layer, i) => heatmap(load, `load-${run.name}-${layer}`, `Layer ${layer}: routed assignments per expert`,
                                        moe.map(m => m.step), moe.map(m => m.layers[i].routed)));
 }
@@ -267,21 +285,7 @@ std::string make_report(const std::vector<std::string>& run_dirs) {
 
 void write_report(const std::vector<std::string>& run_dirs, const std::string& out) {
   const std::string page = make_report(run_dirs);
-  const std::string tmp = out + ".tmp";
-  {
-    std::ofstream os(tmp, std::ios::binary | std::ios::trunc);
-    MOE_INPUT_CHECK(os.good(), "report: cannot write ", tmp, ": ", std::strerror(errno));
-    os << page;
-    os.close();
-    if (!os.good()) {
-      std::remove(tmp.c_str());
-      MOE_INPUT_CHECK(false, "report: cannot write ", out, ": ", std::strerror(errno));
-    }
-  }
-  if (std::rename(tmp.c_str(), out.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    MOE_INPUT_CHECK(false, "report: cannot write ", out, ": ", std::strerror(errno));
-  }
+  write_file_atomically(out, [&](std::ostream& os) { os << page; });
 }
 
 }  // namespace moe

@@ -1,12 +1,12 @@
 #include "train/cli/tokenizer.h"
 
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "core/check.h"
+#include "train/cli/atomic_write.h"
 
 namespace moe {
 
@@ -22,37 +22,23 @@ int64_t tokenize_files(const std::vector<std::string>& files, const std::string&
     MOE_INPUT_CHECK(std::filesystem::is_regular_file(file), "cannot read ", file, ": ",
                     std::filesystem::is_directory(file) ? "it is a directory" : "no such file");
   }
-  const std::string tmp = out + ".tmp";
-  std::ofstream os(tmp, std::ios::binary | std::ios::trunc);
-  MOE_INPUT_CHECK(os.good(), "cannot write ", tmp, ": ", std::strerror(errno));
   int64_t count = 0;
-  std::vector<char> buffer(1 << 20), encoded;
-  for (const std::string& file : files) {
-    std::ifstream is(file, std::ios::binary);
-    if (!is.good()) {
-      os.close();
-      std::remove(tmp.c_str());
-      MOE_INPUT_CHECK(false, "cannot read ", file, ": ", std::strerror(errno));
+  write_file_atomically(out, [&](std::ostream& os) {
+    std::vector<char> buffer(1 << 20), encoded;
+    for (const std::string& file : files) {
+      std::ifstream is(file, std::ios::binary);
+      MOE_INPUT_CHECK(is.good(), "cannot read ", file, ": ", std::strerror(errno));
+      while (is) {
+        is.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+        const std::streamsize n = is.gcount();
+        encoded.assign(static_cast<size_t>(n) * element_size, 0);
+        for (std::streamsize i = 0; i < n; ++i) encoded[i * element_size] = buffer[i];  // little-endian, < 256
+        os.write(encoded.data(), static_cast<std::streamsize>(encoded.size()));
+        count += n;
+      }
+      MOE_INPUT_CHECK(!is.bad(), "cannot read ", file, ": ", std::strerror(errno));
     }
-    while (is) {
-      is.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-      const std::streamsize n = is.gcount();
-      encoded.assign(static_cast<size_t>(n) * element_size, 0);
-      for (std::streamsize i = 0; i < n; ++i) encoded[i * element_size] = buffer[i];  // little-endian, < 256
-      os.write(encoded.data(), static_cast<std::streamsize>(encoded.size()));
-      count += n;
-    }
-    if (is.bad()) {
-      os.close();
-      std::remove(tmp.c_str());
-      MOE_INPUT_CHECK(false, "cannot read ", file, ": ", std::strerror(errno));
-    }
-  }
-  os.close();
-  if (!os.good() || std::rename(tmp.c_str(), out.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    MOE_INPUT_CHECK(false, "cannot write ", out, ": ", std::strerror(errno));
-  }
+  });
   return count;
 }
 
