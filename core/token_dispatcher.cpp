@@ -207,25 +207,27 @@ Dispatched AllToAllTokenDispatcher::dispatch_start(const at::Tensor& x_TD, const
   at::Tensor recv_counts = recv_counts_RC.view({R * C, 1});
   ep_group_.all_to_all_v(send_counts.contiguous().view({R * C, 1}), std::vector<int64_t>(R, C), recv_counts,
                          std::vector<int64_t>(R, C));
-  h.send_rows.resize(R);
-  const auto counts = routing.tokens_per_expert.begin();
-  for (int r = 0; r < R; ++r) h.send_rows[r] = std::accumulate(counts + r * El, counts + (r + 1) * El, int64_t{0});
   // Host sync: the counts received size the exchange and the local experts' GEMMs (and, once per rank,
   // the distinct tokens this rank sends ride on the same copy).
   const std::vector<int64_t> host =
       to_vector(once_per_rank_ ? at::cat({recv_counts_RC.view({-1}), unique_R}) : recv_counts_RC.view({-1}));
+  h.send_rows.assign(R, 0);
   h.recv_rows.assign(R, 0);
   d.tokens_per_local_expert.assign(El, 0);
+  int64_t N = 0;  // rows for the local experts
   for (int r = 0; r < R; ++r) {
     for (int64_t j = 0; j < El; ++j) {
-      h.recv_rows[r] += host[r * C + j];
       d.tokens_per_local_expert[j] += host[r * C + j];
+      N += host[r * C + j];
     }
   }
-  const int64_t N = std::accumulate(h.recv_rows.begin(), h.recv_rows.end(), int64_t{0});
   if (!once_per_rank_) {
+    const auto counts = routing.tokens_per_expert.begin();
+    for (int r = 0; r < R; ++r) {
+      h.send_rows[r] = std::accumulate(counts + r * El, counts + (r + 1) * El, int64_t{0});
+      h.recv_rows[r] = std::accumulate(host.begin() + r * C, host.begin() + (r + 1) * C, int64_t{0});
+    }
     d.in_flight = start_exchange(d.x_ND, h.send_rows, h.recv_rows);
-    h.sent_rows = h.send_rows;
     d.x_ND = at::Tensor();
     if (El > 1) {
       // Chunk (r, j) of the received rows moves to position (j, r): rows grouped by local expert.
@@ -238,24 +240,23 @@ Dispatched AllToAllTokenDispatcher::dispatch_start(const at::Tensor& x_TD, const
     }
     return d;
   }
-  h.sent_rows.assign(host.end() - R, host.end());
-  h.recv_unique.resize(R);
-  for (int r = 0; r < R; ++r) h.recv_unique[r] = host[r * C + El];
+  h.send_rows.assign(host.end() - R, host.end());
+  for (int r = 0; r < R; ++r) h.recv_rows[r] = host[r * C + El];
   const at::Tensor reached_U =
-      set_positions(reached_RT.reshape({-1}), std::accumulate(h.sent_rows.begin(), h.sent_rows.end(), int64_t{0}));
+      set_positions(reached_RT.reshape({-1}), std::accumulate(h.send_rows.begin(), h.send_rows.end(), int64_t{0}));
   h.token_idx_U = reached_U.remainder(std::max<int64_t>(T, 1));
-  d.in_flight = start_exchange(x_TD.index_select(0, h.token_idx_U), h.sent_rows, h.recv_unique);
+  d.in_flight = start_exchange(x_TD.index_select(0, h.token_idx_U), h.send_rows, h.recv_rows);
   // Beside each row, its gate weight for each local expert of the rank (0 where none) and the mask of
   // the experts that take it (a kept weight may itself be 0). Rows ordered by local expert, then rank,
   // then token are the set bits of the received masks' transpose in order.
   const at::Tensor weights_TE =
       at::zeros({T, dims_.num_experts}, routing.probs_TK.options()).scatter(1, routing.expert_ids_TK, routing.probs_TK);
   const at::Tensor weights_UL = weights_TE.view({T, R, El}).transpose(0, 1).reshape({R * T, El}).index_select(0, reached_U);
-  d.weights_in_flight = start_exchange(weights_UL, h.sent_rows, h.recv_unique);
+  d.weights_in_flight = start_exchange(weights_UL, h.send_rows, h.recv_rows);
   const at::Tensor mask_UL = wanted_RTL.reshape({R * T, El}).index_select(0, reached_U).to(at::kByte);
   at::Tensor recv_mask_UL =
-      at::empty({std::accumulate(h.recv_unique.begin(), h.recv_unique.end(), int64_t{0}), El}, mask_UL.options());
-  ep_group_.all_to_all_v(mask_UL, h.sent_rows, recv_mask_UL, h.recv_unique);
+      at::empty({std::accumulate(h.recv_rows.begin(), h.recv_rows.end(), int64_t{0}), El}, mask_UL.options());
+  ep_group_.all_to_all_v(mask_UL, h.send_rows, recv_mask_UL, h.recv_rows);
   h.expand_pos = set_positions(recv_mask_UL.t().ne(0).reshape({-1}), N);
   return d;
 }
@@ -277,15 +278,16 @@ void AllToAllTokenDispatcher::dispatch_finish(Dispatched& d) {
 
 RowsInFlight AllToAllTokenDispatcher::combine_start(const at::Tensor& y_ND, const DispatchHandle& h) {
   ScopedPhase timer(times_, &PhaseTimes::combine);
+  at::Tensor y_recv;
   if (h.expand_pos.defined()) {
     // Each received token's rows, weighted and summed here: one row back per (token, rank).
-    const int64_t U = std::accumulate(h.recv_unique.begin(), h.recv_unique.end(), int64_t{0});
-    const at::Tensor y_U = at::zeros({U, y_ND.size(1)}, y_ND.options())
-                               .index_add(0, h.expand_pos.remainder(std::max<int64_t>(U, 1)),
-                                          y_ND * h.weights_N.to(y_ND.scalar_type()).unsqueeze(1));
-    return start_exchange(y_U, h.recv_unique, h.sent_rows);
+    const int64_t U = std::accumulate(h.recv_rows.begin(), h.recv_rows.end(), int64_t{0});
+    y_recv = at::zeros({U, y_ND.size(1)}, y_ND.options())
+                 .index_add(0, h.expand_pos.remainder(std::max<int64_t>(U, 1)),
+                            y_ND * h.weights_N.to(y_ND.scalar_type()).unsqueeze(1));
+  } else {
+    y_recv = h.ungroup_idx.defined() ? y_ND.index_select(0, h.ungroup_idx) : y_ND;
   }
-  const at::Tensor y_recv = h.ungroup_idx.defined() ? y_ND.index_select(0, h.ungroup_idx) : y_ND;
   return start_exchange(y_recv, h.recv_rows, h.send_rows);
 }
 

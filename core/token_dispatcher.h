@@ -33,10 +33,9 @@ struct DispatchHandle {
   Permutation permutation;         // this rank's assignments grouped by global expert
   at::Tensor probs_TK;             // gate weights applied by combine
   // Set by the all-to-all dispatcher only:
-  std::vector<int64_t> send_rows;  // rows sent to each EP rank
-  std::vector<int64_t> recv_rows;  // rows received from each EP rank
-  std::vector<int64_t> sent_rows;  // rows dispatch's exchange sent to each EP rank: send_rows, or once
-                                   // per rank the distinct tokens
+  // Rows dispatch's exchange sends to and receives from each EP rank (combine's go back the other way):
+  // a row per kept assignment, or once per rank a row per distinct token.
+  std::vector<int64_t> send_rows, recv_rows;
   at::Tensor regroup_idx, ungroup_idx;  // received order <-> local-expert order (undefined: identity)
   // Once per rank: the sender's tokens in the order sent (by rank, then token), and on the receiving
   // side the position of each local-expert-ordered row in the received [El, U] masks (its row is the
@@ -44,7 +43,6 @@ struct DispatchHandle {
   at::Tensor token_idx_U;
   at::Tensor expand_pos;
   at::Tensor weights_N;
-  std::vector<int64_t> recv_unique;  // distinct tokens received from each EP rank
 };
 
 // What a dispatcher's exchanges of rows moved, forward and backward, since it was last taken

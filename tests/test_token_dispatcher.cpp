@@ -88,7 +88,7 @@ void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, 
   EXPECT_EQ(row, d.x_ND.size(0));
   // What went out: a row per kept assignment, or once per rank a row per token that reaches the rank.
   if (ep > 1) {
-    ASSERT_EQ(static_cast<int>(d.handle.sent_rows.size()), ep);
+    ASSERT_EQ(static_cast<int>(d.handle.send_rows.size()), ep);
     for (int r = 0; r < ep; ++r) {
       int64_t rows = 0;
       for (int64_t t = 0; t < T; ++t) {
@@ -96,7 +96,7 @@ void check_round_trip(int ep, int64_t T, const std::function<bool(int, int64_t, 
         for (int64_t k = 0; k < kK; ++k) here += keep(me, t, k) && expert_of(me, t, k) / El == r;
         rows += once_per_rank ? std::min<int64_t>(here, 1) : here;
       }
-      EXPECT_EQ(d.handle.sent_rows[r], rows) << "to EP rank " << r;
+      EXPECT_EQ(d.handle.send_rows[r], rows) << "to EP rank " << r;
     }
   }
 
