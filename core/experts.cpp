@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/check.h"
+#include "core/fused_kernels.h"
 
 namespace moe {
 namespace {
@@ -95,7 +96,7 @@ at::Tensor ExpertsImpl::forward(const at::Tensor& x_ND, const std::vector<int64_
   const auto in_x = [&x_ND](const at::Tensor& w) { return w.to(x_ND.scalar_type()); };
   const at::Tensor h1 = grouped_matmul(x_ND, in_x(w1), counts);
   const at::Tensor h = options_.type == ExpertType::kSwiGLU
-                           ? at::silu(h1) * grouped_matmul(x_ND, in_x(w3), counts)
+                           ? swiglu(h1, grouped_matmul(x_ND, in_x(w3), counts))
                            : at::gelu(h1);
   return grouped_matmul(h, in_x(w2), counts);
 }

@@ -1,5 +1,5 @@
 #pragma once
-// RMSNorm and rotary embedding as single passes over memory. In ATen's terms each is 6-14 kernels, every
+// RMSNorm, rotary embedding and SwiGLU's gate as single passes over memory. In ATen's terms each is 6-14 kernels, every
 // one a pass over the activations and a fresh tensor (measured 6 ms per RMSNorm and 5 ms per rotation,
 // forward and backward, at brown-moe's shapes on one core). On the CPU, for contiguous float32 or bf16
 // activations, these compute forward in one pass and backward in one (custom autograd functions, float
@@ -7,6 +7,10 @@
 #include <ATen/ATen.h>
 
 namespace moe {
+
+// SwiGLU's gate, silu(a) * b (a = x w1, b = x w3), differentiable in both. On the CPU, for contiguous
+// float32, one vectorised pass forward and one backward (core/vector_math.h); elsewhere ATen's ops.
+at::Tensor swiglu(const at::Tensor& a, const at::Tensor& b);
 
 // x / sqrt(mean(x^2, last dim) + eps) * weight, computed in float32, returned in x's dtype. weight:
 // float32 [x.size(-1)].
