@@ -1,8 +1,10 @@
 #pragma once
 // Experts: E feed-forward networks held as stacked weights, run over a buffer of tokens grouped by
-// expert. The grouped path multiplies each expert's contiguous slice in place (one GEMM per non-empty
-// expert, no padding, no concatenation), as grouped-GEMM kernels do; `forward_reference` is the plain
-// per-expert loop of differentiable ops (Megatron's SequentialMLP) that the tests hold it to.
+// expert. `forward` runs each expert's contiguous slice in place (one GEMM per projection and non-empty
+// expert, no padding, no concatenation, as grouped-GEMM kernels do), the whole FFN one autograd node that
+// runs an expert's fc1, activation and fc2 back to back so that the activation meets data still in
+// cache; `forward_reference` is the plain per-expert loop of differentiable ops (Megatron's
+// SequentialMLP) that the tests hold it to.
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
@@ -38,10 +40,5 @@ class ExpertsImpl : public torch::nn::Module {
   ExpertsOptions options_;
 };
 TORCH_MODULE(Experts);
-
-// y[rows of e] = x[rows of e] @ w_EIO[e] for each group, differentiable in x and w. Groups of zero rows
-// get zero weight gradient.
-at::Tensor grouped_matmul(const at::Tensor& x_NI, const at::Tensor& w_EIO,
-                          const std::vector<int64_t>& rows_per_group);
 
 }  // namespace moe

@@ -143,42 +143,44 @@ class RotateHalfFunction : public torch::autograd::Function<RotateHalfFunction> 
   }
 };
 
-// silu(a) * b in one pass forward and one backward (ATen: silu, mul; then mul, mul, silu_backward), keeping
-// a and b for the backward instead of silu(a) as well.
-class SwiGLUFunction : public torch::autograd::Function<SwiGLUFunction> {
- public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b) {
-    at::Tensor h = at::empty_like(a);
-    const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
-    float* hp = h.data_ptr<float>();
-    at::parallel_for(0, a.numel(), kElementwiseGrain,
-                     [&](int64_t begin, int64_t end) { vec::swiglu(ap + begin, bp + begin, hp + begin, end - begin); });
-    ctx->save_for_backward({a, b});
-    return h;
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor g = grads[0].contiguous();
-    at::Tensor da = at::empty_like(saved[0]), db = at::empty_like(saved[1]);
-    const float *ap = saved[0].data_ptr<float>(), *bp = saved[1].data_ptr<float>(), *gp = g.data_ptr<float>();
-    float *dap = da.data_ptr<float>(), *dbp = db.data_ptr<float>();
-    at::parallel_for(0, g.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
-      vec::swiglu_backward(ap + begin, bp + begin, gp + begin, dap + begin, dbp + begin, end - begin);
-    });
-    return {da, db};
-  }
-};
-
 }  // namespace
 
-at::Tensor swiglu(const at::Tensor& a, const at::Tensor& b) {
-  MOE_CHECK(a.sizes() == b.sizes(), "swiglu: gate and up projections differ in shape: ", a.sizes(), " and ", b.sizes());
-  if (a.device().is_cpu() && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.is_contiguous() &&
-      b.is_contiguous()) {
-    return SwiGLUFunction::apply(a, b);
+namespace {
+bool swiglu_fast_path(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors) {
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || !t->is_contiguous()) return false;
   }
-  return at::silu(a) * b;
+  return true;
+}
+}  // namespace
+
+void swiglu_out(at::Tensor& h, const at::Tensor& a, const at::Tensor& b) {
+  MOE_CHECK(a.sizes() == b.sizes() && h.sizes() == a.sizes(), "swiglu: gate ", a.sizes(), ", up ", b.sizes(),
+            " and output ", h.sizes(), " differ in shape");
+  if (!swiglu_fast_path({&h, &a, &b})) {
+    at::silu_out(h, a).mul_(b);
+    return;
+  }
+  const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float* hp = h.data_ptr<float>();
+  at::parallel_for(0, a.numel(), kElementwiseGrain,
+                   [&](int64_t begin, int64_t end) { vec::swiglu(ap + begin, bp + begin, hp + begin, end - begin); });
+}
+
+void swiglu_backward_out(at::Tensor& da, at::Tensor& db, const at::Tensor& a, const at::Tensor& b, const at::Tensor& dh) {
+  MOE_CHECK(a.sizes() == b.sizes() && dh.sizes() == a.sizes() && da.sizes() == a.sizes() && db.sizes() == a.sizes(),
+            "swiglu backward: gate ", a.sizes(), ", up ", b.sizes(), " and gradient ", dh.sizes(), " differ in shape");
+  if (!swiglu_fast_path({&da, &db, &a, &b, &dh})) {
+    const at::Tensor s = at::sigmoid(a);
+    at::mul_out(db, dh, a * s);
+    at::mul_out(da, dh * b, s * (1 + a * (1 - s)));
+    return;
+  }
+  const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>(), *gp = dh.data_ptr<float>();
+  float *dap = da.data_ptr<float>(), *dbp = db.data_ptr<float>();
+  at::parallel_for(0, a.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
+    vec::swiglu_backward(ap + begin, bp + begin, gp + begin, dap + begin, dbp + begin, end - begin);
+  });
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {

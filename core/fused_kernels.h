@@ -8,9 +8,12 @@
 
 namespace moe {
 
-// SwiGLU's gate, silu(a) * b (a = x w1, b = x w3), differentiable in both. On the CPU, for contiguous
-// float32, one vectorised pass forward and one backward (core/vector_math.h); elsewhere ATen's ops.
-at::Tensor swiglu(const at::Tensor& a, const at::Tensor& b);
+// SwiGLU's gate, h = silu(a) * b (a = x w1, b = x w3), into h; and its backward from dh, da and db.
+// Not differentiable themselves: the experts' FFN (core/experts.cpp) calls them per expert inside its
+// own autograd function. On the CPU, for contiguous float32, one vectorised pass each
+// (core/vector_math.h); elsewhere ATen's ops.
+void swiglu_out(at::Tensor& h, const at::Tensor& a, const at::Tensor& b);
+void swiglu_backward_out(at::Tensor& da, at::Tensor& db, const at::Tensor& a, const at::Tensor& b, const at::Tensor& dh);
 
 // x / sqrt(mean(x^2, last dim) + eps) * weight, computed in float32, returned in x's dtype. weight:
 // float32 [x.size(-1)].

@@ -86,36 +86,38 @@ TEST(FusedRotateHalf, MatchesFloat64WithGradient) {
 }
 
 // Element by element in float64: h = a / (1 + e^-a) * b and its two partial derivatives, by hand. The
-// sizes leave a partial vector at the end; the range reaches where e^-a overflows a float.
+// sizes leave a partial vector at the end; the range reaches where e^-a overflows a float. Transposed
+// (non-contiguous) tensors take ATen's formula, which must agree.
 TEST(FusedSwiGLU, MatchesFloat64ElementwiseWithGradients) {
   at::manual_seed(24);
-  const at::Tensor a0 = at::cat({at::randn({5, 37}) * 4, at::linspace(-95, 95, 37).view({1, 37})}),
-                   b0 = at::randn({6, 37}), g = at::randn({6, 37});
-  at::Tensor a = leaf(a0), b = leaf(b0);
-  const at::Tensor h = swiglu(a, b);
-  (h * g).sum().backward();
-  const at::Tensor ad = a0.to(at::kDouble), bd = b0.to(at::kDouble), gd = g.to(at::kDouble);
-  at::Tensor want = at::empty_like(ad), da = at::empty_like(ad), db = at::empty_like(ad);
+  const at::Tensor a = at::cat({at::randn({5, 37}) * 4, at::linspace(-95, 95, 37).view({1, 37})}),
+                   b = at::randn({6, 37}), dh = at::randn({6, 37});
+  const at::Tensor ad = a.to(at::kDouble), bd = b.to(at::kDouble), gd = dh.to(at::kDouble);
+  at::Tensor want = at::empty_like(ad), want_da = at::empty_like(ad), want_db = at::empty_like(ad);
   const double *ap = ad.data_ptr<double>(), *bp = bd.data_ptr<double>(), *gp = gd.data_ptr<double>();
   for (int64_t i = 0; i < ad.numel(); ++i) {
     const double s = 1 / (1 + std::exp(-ap[i]));
     want.data_ptr<double>()[i] = ap[i] * s * bp[i];
-    db.data_ptr<double>()[i] = gp[i] * ap[i] * s;
-    da.data_ptr<double>()[i] = gp[i] * bp[i] * (s + ap[i] * s * (1 - s));
+    want_db.data_ptr<double>()[i] = gp[i] * ap[i] * s;
+    want_da.data_ptr<double>()[i] = gp[i] * bp[i] * (s + ap[i] * s * (1 - s));
   }
-  EXPECT_TRUE(testing::close(h, want, 1e-6));
-  EXPECT_TRUE(testing::close(a.grad(), da, 1e-6));
-  EXPECT_TRUE(testing::close(b.grad(), db, 1e-6));
-  // The ATen formula (a GPU's, and other layouts') agrees.
-  at::Tensor at_a = leaf(a0), at_b = leaf(b0);
-  (swiglu(at_a.t(), at_b.t()).t() * g).sum().backward();
-  EXPECT_TRUE(testing::close(at_a.grad(), da, 1e-6));
-  EXPECT_TRUE(testing::close(at_b.grad(), db, 1e-6));
+  for (const bool transposed : {false, true}) {
+    SCOPED_TRACE(transposed ? "ATen's formula" : "the fused kernel");
+    const auto lay = [transposed](const at::Tensor& t) { return transposed ? t.t().contiguous().t() : t; };
+    at::Tensor h = lay(at::empty_like(a)), da = lay(at::empty_like(a)), db = lay(at::empty_like(a));
+    swiglu_out(h, lay(a), lay(b));
+    swiglu_backward_out(da, db, lay(a), lay(b), lay(dh));
+    EXPECT_EQ(h.is_contiguous(), !transposed);
+    EXPECT_TRUE(testing::close(h, want, 1e-6));
+    EXPECT_TRUE(testing::close(da, want_da, 1e-6));
+    EXPECT_TRUE(testing::close(db, want_db, 1e-6));
+  }
 }
 
 TEST(FusedKernels, RefuseMismatchedShapes) {
   EXPECT_THROW(rms_norm(at::randn({2, 5}), at::ones({4}), 1e-5), Error);
-  EXPECT_THROW(swiglu(at::randn({2, 5}), at::randn({5, 2})), Error);
+  at::Tensor h = at::empty({2, 5});
+  EXPECT_THROW(swiglu_out(h, at::randn({2, 5}), at::randn({5, 2})), Error);
   EXPECT_THROW(rotate_half(at::randn({1, 3, 1, 8}), at::ones({2, 4}), at::ones({2, 4})), Error);
 }
 

@@ -60,9 +60,10 @@ TEST(Plan, ActivationsByRecomputeByHand) {
   //   before and after rotation 2 x 64 + 2 x 32, v 32, heads' output 64, residual 64) floats + FlashAttention's output and log-sum-exp 4 x (16 + 1)
   //   floats = 260 + 1408 + 272 = 1940;
   //   MoE: norm 260 + router (3 x 4 + 2 x 2) floats 64 + copies 4 x 2 x 64 and residual 64 floats 2304 +
-  //   the experts' 2 copies x 4 x 64 floats 2048 = 4676. Block 6616; with its input 6872.
+  //   the experts' 2 copies x 3 x 64 floats (x w1, x w3, their gated product) 1536 = 4164. Block 6104;
+  //   with its input 6360.
   // Logits, log-softmax and gradient 3 x 256 floats: 3072; one exchange's send buffer 2 x 64 floats: 512.
-  const int64_t T = 64, block = 1940 + 4676, experts = 2048, input = 256, logits = 3072, send = 512;
+  const int64_t T = 64, block = 1940 + 4164, experts = 1536, input = 256, logits = 3072, send = 512;
   EXPECT_EQ(make_plan(small({}), 1).activation_bytes, T * (2 * (input + block) + logits + send));
   // moe: the experts' buffers go; one layer's come back while its experts are replayed.
   EXPECT_EQ(make_plan(small({"train.recompute=moe"}), 1).activation_bytes,
@@ -71,10 +72,10 @@ TEST(Plan, ActivationsByRecomputeByHand) {
   EXPECT_EQ(make_plan(small({"train.recompute=full"}), 1).activation_bytes, T * (2 * input + block + logits + send));
   // bfloat16: 2-byte activations, float32 where the code computes in float32: each norm its bf16 output
   // and float32 reciprocal RMS (132), the attention's output and log-sum-exp in float32 (272); the
-  // logits float32 after a bf16 first. Attention 132 + 704 + 272, MoE 132 + 64 + 1152 + 1024: block
-  // 3480, input 128.
+  // logits float32 after a bf16 first. Attention 132 + 704 + 272, MoE 132 + 64 + 1152 + 768: block
+  // 3224, input 128.
   const Plan bf16 = make_plan(small({"train.dtype=bfloat16"}), 1);
-  EXPECT_EQ(bf16.activation_bytes, T * (2 * (128 + 3480) + (12 + 2) * 256 + 256));
+  EXPECT_EQ(bf16.activation_bytes, T * (2 * (128 + 3224) + (12 + 2) * 256 + 256));
   // Weights gain the bf16 copies of every matmul weight (kept for backward): the head 256 x 64 and per
   // layer the projections 2 x 64 x 64 + 2 x 64 x 32 and the experts 4 x 3 x 64 x 64.
   EXPECT_EQ(bf16.param_bytes, 4 * bf16.params_per_rank + 2 * (256 * 64 + 2 * (12288 + 49152)));

@@ -70,13 +70,14 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
   // its float32 reciprocal RMS (core/fused_kernels.h); attention q and k before and after rotation, v,
   // FlashAttention's float32 output and log-sum-exp (no [S, S] probabilities), the heads' output and the
   // residual sum; the router's float32 logits, probabilities and gates; the routed copies received, regrouped,
-  // out of the experts and back (4 x D each); per copy SwiGLU's four F-wide buffers (GELU's two); the
-  // shared experts' the same on every token. The expert FFNs' part is what train.recompute moe gives
+  // out of the experts and back (4 x D each); per copy the expert FFN's F-wide buffers, SwiGLU's three
+  // (x w1, x w3 and their gated product; core/experts.cpp) and GELU's two; the shared experts' the same
+  // on every token. The expert FFNs' part is what train.recompute moe gives
   // back.
   const N norm = b * D + f;
   const N attention_saved = norm + b * (2 * H * hd + 2 * KV * hd + KV * hd + H * hd + D) + f * H * (hd + 1);
-  const N per_copy = b * (expert_matrices == 3 ? 4 : 2) * F;
-  const N shared_saved = b * (expert_matrices == 3 ? 4 : 2) * shared_width;
+  const N per_copy = b * (expert_matrices == 3 ? 3 : 2) * F;
+  const N shared_saved = b * (expert_matrices == 3 ? 3 : 2) * shared_width;
   // One exchange's send buffer: the rows leave it before backward, but it is live while they go.
   const N dispatch_rows = K * D;
   N kept = 0, largest = 0, largest_recomputed = 0, largest_layer = 0;
