@@ -137,7 +137,6 @@ Gradients flash_backward(const at::Tensor& q, const at::Tensor& k, const at::Ten
   return g;
 }
 
-
 // The CPU kernel: one head at a time, so that a query block's tiles ([rows, keys] floats, 64 KiB at the
 // defaults) stay in cache between the product that makes them and the passes over their rows. Each
 // product is one BLAS call on raw pointers: the ATen path's batched products over all heads go through
@@ -156,6 +155,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
 // Columns of row i (of `rows`) of a chunk's tile that the causal mask keeps.
 int64_t visible(const KeyChunk& c, int64_t rows, int64_t i) { return c.diagonal ? c.size - rows + i + 1 : c.size; }
 
+// A query block's tiles and per-row values: forward's running max m and sum l, backward's D in m.
 struct HeadScratch {
   std::vector<float> s, ds, m, l;
   HeadScratch(int64_t rows, int64_t key) : s(rows * key), ds(rows * key), m(rows), l(rows) {}
@@ -205,7 +205,7 @@ void flash_backward_head(const float* q, const float* k, const float* v, const f
   for (int64_t q0 = 0; q0 < S; q0 += query) {
     const int64_t rows = std::min(query, S - q0);
     const float *qi = q + q0 * d, *doi = dout + q0 * d;
-    for (int64_t i = 0; i < rows; ++i) {  // D_i = dO_i . O_i
+    for (int64_t i = 0; i < rows; ++i) {  // D_i = dO_i . O_i, kept in w.m
       float dot = 0;
       for (int64_t j = 0; j < d; ++j) dot += doi[i * d + j] * out[(q0 + i) * d + j];
       w.m[i] = dot;
