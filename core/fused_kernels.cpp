@@ -170,10 +170,9 @@ void swiglu_out(at::Tensor& h, const at::Tensor& a, const at::Tensor& b) {
 void swiglu_backward_out(at::Tensor& da, at::Tensor& db, const at::Tensor& a, const at::Tensor& b, const at::Tensor& dh) {
   MOE_CHECK(a.sizes() == b.sizes() && dh.sizes() == a.sizes() && da.sizes() == a.sizes() && db.sizes() == a.sizes(),
             "swiglu backward: gate ", a.sizes(), ", up ", b.sizes(), " and gradient ", dh.sizes(), " differ in shape");
-  if (!swiglu_fast_path({&da, &db, &a, &b, &dh})) {
-    const at::Tensor s = at::sigmoid(a);
-    at::mul_out(db, dh, a * s);
-    at::mul_out(da, dh * b, s * (1 + a * (1 - s)));
+  if (!swiglu_fast_path({&da, &db, &a, &b, &dh})) {  // autograd's own ops, roundings and all (bf16 rounds each)
+    at::mul_out(db, dh, at::silu(a));
+    at::silu_backward_out(da, dh * b, a);
     return;
   }
   const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>(), *gp = dh.data_ptr<float>();
