@@ -19,6 +19,14 @@ bool fast_path(const at::Tensor& x) {
   return x.device().is_cpu() && x.is_contiguous() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
 }
 
+// SwiGLU's kernels are float32 only: all their tensors on the CPU, contiguous, float32.
+bool swiglu_fast_path(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors) {
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || !t->is_contiguous()) return false;
+  }
+  return true;
+}
+
 // Calls f with a pointer type tag for x's dtype: float or c10::BFloat16.
 template <typename F>
 void on_dtype(const at::Tensor& x, F&& f) {
@@ -143,15 +151,6 @@ class RotateHalfFunction : public torch::autograd::Function<RotateHalfFunction> 
   }
 };
 
-}  // namespace
-
-namespace {
-bool swiglu_fast_path(std::initializer_list<const at::Tensor*> tensors) {
-  for (const at::Tensor* t : tensors) {
-    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || !t->is_contiguous()) return false;
-  }
-  return true;
-}
 }  // namespace
 
 void swiglu_out(at::Tensor& h, const at::Tensor& a, const at::Tensor& b) {

@@ -1,9 +1,10 @@
 #pragma once
-// RMSNorm, rotary embedding and SwiGLU's gate as single passes over memory. In ATen's terms each is 6-14 kernels, every
-// one a pass over the activations and a fresh tensor (measured 6 ms per RMSNorm and 5 ms per rotation,
-// forward and backward, at brown-moe's shapes on one core). On the CPU, for contiguous float32 or bf16
-// activations, these compute forward in one pass and backward in one (custom autograd functions, float
-// arithmetic, row sums in double). Elsewhere (a GPU, other layouts) they run the same formula in ATen ops.
+// RMSNorm, rotary embedding and SwiGLU's gate as single passes over memory. In ATen's terms each is
+// 5-14 kernels, every one a pass over the activations and a fresh tensor (measured 6 ms per RMSNorm and
+// 5 ms per rotation, forward and backward, at brown-moe's shapes on one core). On the CPU, for contiguous
+// activations (float32 or bf16; SwiGLU float32 only), these compute forward in one pass and backward in
+// one (float arithmetic, RMSNorm's row sums in double). Elsewhere (a GPU, other layouts) they run the
+// same formula in ATen ops.
 #include <ATen/ATen.h>
 
 namespace moe {
