@@ -2,10 +2,11 @@
 // Float32 loops over contiguous rows for the CPU kernels (attention's softmax tiles, SwiGLU), with the
 // exponential vectorised. ATen's own exp is vectorised too, but only inside its kernels: our kernels run
 // their row passes on tiles that stay in cache, where a call into ATen per row would cost more than the
-// row. On x86-64 CPUs with AVX2 and FMA the loops run 8 lanes wide (chosen at run time, so the build
-// needs no -march); elsewhere they run scalar std::exp. The vector exp is Cephes' expf (a degree-6
-// polynomial after range reduction by ln 2), within 2 ulp of the true value; it returns 0 below
-// -87.33 (where expf turns denormal) and propagates NaN.
+// row. On x86-64 the loops run 16 lanes wide with AVX-512, 8 with AVX2 and FMA (chosen at run time, so
+// the build needs no -march; ATEN_CPU_CAPABILITY=avx2 caps them at 8, as it caps ATen); elsewhere they
+// run scalar std::exp. The vector exp is Cephes' expf (a degree-6 polynomial after range reduction by
+// ln 2), within 2 ulp of the true value; it returns 0 below -87.33 (where expf turns denormal) and
+// propagates NaN.
 #include <cstdint>
 
 namespace moe::vec {
@@ -21,8 +22,5 @@ void swiglu(const float* a, const float* b, float* h, int64_t n);
 
 // Its backward from dh: da[i] = dh[i] b[i] s (1 + a (1 - s)), db[i] = dh[i] a s, with s = sigmoid(a[i]).
 void swiglu_backward(const float* a, const float* b, const float* dh, float* da, float* db, int64_t n);
-
-// True when the loops above run 8 lanes wide.
-bool wide();
 
 }  // namespace moe::vec

@@ -2,7 +2,7 @@
 # train.dtype bfloat16 on 2 ranks (EP 2), tiny: 100 steps follow the float32 run's losses within a stated
 # bound, and a bf16 run resumes bit for bit (its checkpoints hold the float32 masters).
 #
-# One fixed trajectory: fixed text as data and the AVX2 kernels of OpenBLAS and ATen pinned (as golden.sh),
+# One fixed trajectory: fixed text as data and the AVX2 kernels of OpenBLAS, ATen and moe pinned (as golden.sh),
 # so that the outcome moves only when the arithmetic does, not with this repository's sources (the data
 # of make_test_data) or the CPU's kernels.
 source "$(dirname "$0")/lib.sh"
