@@ -136,10 +136,17 @@ void ExpertsImpl::check_counts(const at::Tensor& x_ND, const std::vector<int64_t
 
 at::Tensor ExpertsImpl::forward(const at::Tensor& x_ND, const std::vector<int64_t>& counts) {
   check_counts(x_ND, counts);
+  return run_experts(x_ND, counts, w1, w3, w2);
+}
+
+at::Tensor run_experts(const at::Tensor& x_ND, const std::vector<int64_t>& rows, const at::Tensor& w1,
+                       const at::Tensor& w3, const at::Tensor& w2) {
+  MOE_CHECK(static_cast<int64_t>(rows.size()) == w1.size(0), "experts: got ", rows.size(), " row counts for ",
+            w1.size(0), " experts");
   // Float32 master weights, computed in x's dtype; the casts' backward returns float32 gradients.
   const auto in_x = [&x_ND](const at::Tensor& w) { return w.to(x_ND.scalar_type()); };
   const c10::optional<at::Tensor> up = w3.defined() ? c10::optional<at::Tensor>(in_x(w3)) : c10::nullopt;
-  return ExpertFFN::apply(x_ND.contiguous(), in_x(w1), up, in_x(w2), counts);
+  return ExpertFFN::apply(x_ND.contiguous(), in_x(w1), up, in_x(w2), rows);
 }
 
 at::Tensor ExpertsImpl::forward_reference(const at::Tensor& x_ND, const std::vector<int64_t>& counts) {

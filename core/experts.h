@@ -41,4 +41,10 @@ class ExpertsImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Experts);
 
+// The experts' FFN on weights given apart from a module (an Experts' own, or copies of other ranks'
+// experts: core/shadow_experts.h): w1, w3 (undefined for GELU) and w2 stacked [n, ...] in float32,
+// computed in x's dtype, rows[e] rows of x_ND for expert e in order. What ExpertsImpl::forward runs.
+at::Tensor run_experts(const at::Tensor& x_ND, const std::vector<int64_t>& rows, const at::Tensor& w1,
+                       const at::Tensor& w3, const at::Tensor& w2);
+
 }  // namespace moe

@@ -110,6 +110,11 @@ struct MoEOptions {
   // slice's experts computing while the next slices travel (Tutel's a2a_ffn_overlap_degree). 1: one
   // exchange each way.
   int64_t a2a_overlap_degree = 1;
+  // Under expert parallelism: up to this many experts a layer and step are copied to every EP rank, each
+  // rank running its own tokens for them (FasterMoE's shadowing, core/shadow_experts.h), when that takes
+  // at least shadow_min_rows rows off the busiest rank. 0: off.
+  int64_t shadow_experts = 0;
+  int64_t shadow_min_rows = 64;
   // Under expert parallelism: dispatch sends a token once to each rank holding any of its experts, not
   // once per expert (TokenDispatcher), so a token's experts on one rank cost one row of the exchange.
   bool dispatch_once_per_rank = true;
@@ -182,6 +187,8 @@ void visit_model_options(Options& o, Visitor& v) {  // Options: TransformerOptio
   v.real("moe.z_loss_coeff", r.z_loss_coeff, 0, true, kInf);
   v.real("moe.bias_update_rate", r.bias_update_rate, 0, true, kInf);
   v.integer("moe.a2a_overlap_degree", e.a2a_overlap_degree, 1);
+  v.integer("moe.shadow_experts", e.shadow_experts, 0);
+  v.integer("moe.shadow_min_rows", e.shadow_min_rows, 1);
   v.boolean("moe.dispatch_once_per_rank", e.dispatch_once_per_rank);
   v.boolean("moe.check_splits", e.check_splits);
 }

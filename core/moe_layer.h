@@ -33,7 +33,7 @@ class MoELayerImpl : public torch::nn::Module {
   int64_t first_local_expert() const { return first_local_expert_; }
   void set_phase_times(PhaseTimes* times);
   // What this layer's exchanges moved since the last call (telemetry), which zeroes it.
-  ExchangeStats take_exchange_stats() { return dispatcher_->take_exchange_stats(); }
+  ExchangeStats take_exchange_stats();
   // train.recompute moe: the expert FFNs (routed and shared) keep only their input for backward.
   void set_recompute_experts(bool on) { recompute_experts_ = on; }
   Router router{nullptr};
@@ -45,11 +45,22 @@ class MoELayerImpl : public torch::nn::Module {
   int64_t hidden_size_;
   std::unique_ptr<TokenDispatcher> dispatcher_;
   int64_t first_local_expert_ = 0;
+  // moe.shadow_experts: the EP group (null on one rank), and the local steps of the shadowed tokens.
+  Communicator* ep_group_ = nullptr;
+  int64_t num_local_experts_ = 0;
+  LocalTokenDispatcher shadow_dispatcher_;
+  int64_t shadowed_ = 0;  // experts shadowed since take_exchange_stats
   PhaseTimes* times_ = nullptr;
   bool recompute_experts_ = false;
 
-  // An FFN of experts on x (rows per expert), under the recompute setting.
-  at::Tensor run_ffn(Experts e, const at::Tensor& x, const std::vector<int64_t>& rows);
+  // An FFN of experts (weights w1, w3, w2 as run_experts takes them) on x, rows per expert, under the
+  // recompute setting.
+  at::Tensor run_ffn(const at::Tensor& x, const std::vector<int64_t>& rows, const std::vector<at::Tensor>& w);
+  // moe.shadow_experts: the experts this step's counts make worth copying (collective over the EP group),
+  // and the layer's output for this rank's assignments to them, computed here on the copies.
+  std::vector<int64_t> choose_shadows(const Routing& routing);
+  at::Tensor run_shadowed(const at::Tensor& x_TD, const Routing& shadowed, const std::vector<int64_t>& shadows,
+                          const std::vector<at::Tensor>& copies);
 };
 TORCH_MODULE(MoELayer);
 

@@ -51,6 +51,7 @@ struct DispatchHandle {
 struct ExchangeStats {
   int64_t bytes_sent = 0, bytes_received = 0;
   PhaseTimes times;  // times.exchange, milliseconds
+  int64_t shadowed_experts = 0;  // experts copied to every rank (MoELayer's moe.shadow_experts)
 };
 
 // Rows on their way between ranks: `rows` is not to be read until the exchange is finished.

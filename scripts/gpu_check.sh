@@ -106,11 +106,12 @@ PY
     record brown_moe_50_steps FAIL "(cpu rc $cpu_rc, cuda rc $gpu_rc; logs in $LOG)"
   fi
   # Issue 14's memory settings together on the GPU: bf16, full recomputation, the sharded optimizer
-  # (reduce-scatter and all-gather on the backend above). bf16 follows float32 loosely: the mean loss of
+  # (reduce-scatter and all-gather on the backend above), and shadow experts (their broadcast and
+  # all-reduce there too). bf16 follows float32 loosely: the mean loss of
   # the last 10 steps within 2% of the CPU float32 run's.
   if [ $cpu_rc -eq 0 ]; then
     mpirun -np 2 build/moe train "${common[@]}" --set train.device=cuda --set parallel.backend=$backend \
-      --set train.dtype=bfloat16 --set train.recompute=full --set train.shard_optimizer=true \
+      --set train.dtype=bfloat16 --set train.recompute=full --set train.shard_optimizer=true --set moe.shadow_experts=1 \
       --set train.out_dir="$LOG/brown-cuda-zero" > "$LOG/brown-cuda-zero.log" 2>&1
     zero_rc=$?
     verdict=$(python3 - "$LOG/brown-cpu/metrics.jsonl" "$LOG/brown-cuda-zero/metrics.jsonl" $zero_rc <<'PY'

@@ -27,6 +27,9 @@ struct ParityCase {
   int64_t groups = 0, group_topk = 0;  // node-limited routing
   double scaling = 1.0;
   bool once_per_rank = true;  // moe.dispatch_once_per_rank
+  ExpertType type = ExpertType::kSwiGLU;
+  int64_t shadows = 0;         // moe.shadow_experts of the expert-parallel layer (min rows 1)
+  bool expect_shadowed = false;  // with EP > 1, the layer must have shadowed an expert
 };
 
 TransformerOptions options_for(const ParityCase& s) {
@@ -47,6 +50,7 @@ TransformerOptions options_for(const ParityCase& s) {
   r.aux_loss_coeff = 0.01;
   r.z_loss_coeff = 0.001;
   o.moe.ffn_hidden_size = s.F;
+  o.moe.expert_type = s.type;
   o.moe.num_shared_experts = s.num_shared;
   o.moe.check_splits = true;
   o.moe.dispatch_once_per_rank = s.once_per_rank;
@@ -58,7 +62,7 @@ void copy_params(MoELayer& dst, MoELayer& src, int64_t first_expert) {
   dst->router->weight.copy_(src->router->weight);
   const int64_t El = dst->experts->w1.size(0);
   dst->experts->w1.copy_(src->experts->w1.narrow(0, first_expert, El));
-  dst->experts->w3.copy_(src->experts->w3.narrow(0, first_expert, El));
+  if (src->experts->w3.defined()) dst->experts->w3.copy_(src->experts->w3.narrow(0, first_expert, El));
   dst->experts->w2.copy_(src->experts->w2.narrow(0, first_expert, El));
   if (src->shared_experts) {
     for (const auto& kv : src->shared_experts->named_parameters()) {
@@ -117,6 +121,8 @@ void check_parity(const ParityCase& s, int ep) {
   // Expert parallel: this rank's chunk, its expert shard.
   TransformerOptions ep_options = options_for(s);
   ep_options.moe.a2a_overlap_degree = s.overlap_degree;
+  ep_options.moe.shadow_experts = s.shadows;
+  ep_options.moe.shadow_min_rows = 1;
   MoELayer layer(ep_options, ExpertParallel{dims, groups.ep.get(), &world()});
   ASSERT_EQ(layer->first_local_expert(), dims.first_local_expert);
   ASSERT_EQ(layer->experts->w1.size(0), dims.num_local_experts);
@@ -132,6 +138,9 @@ void check_parity(const ParityCase& s, int ep) {
   ((out.y * g_all.narrow(0, me * s.T, s.T).to(testing::device())).sum() + out.routing.loss).backward();
   GradSync sync(records(layer), world(), groups.edp.get());
   sync.sync();
+  if (s.expect_shadowed && ep > 1) {
+    EXPECT_GT(layer->take_exchange_stats().shadowed_experts, 0) << "nothing shadowed";
+  }
 
   const double rtol = 1e-5;
   const int64_t f = dims.first_local_expert, El = dims.num_local_experts;
@@ -140,7 +149,9 @@ void check_parity(const ParityCase& s, int ep) {
   EXPECT_TRUE(testing::close(x.grad() / W, x_ref.grad().narrow(0, me * s.T, s.T), rtol)) << "input gradient";
   EXPECT_TRUE(testing::close(layer->router->weight.grad(), full->router->weight.grad(), rtol)) << "router";
   EXPECT_TRUE(testing::close(layer->experts->w1.grad(), full->experts->w1.grad().narrow(0, f, El), rtol)) << "w1";
-  EXPECT_TRUE(testing::close(layer->experts->w3.grad(), full->experts->w3.grad().narrow(0, f, El), rtol)) << "w3";
+  if (s.type == ExpertType::kSwiGLU) {
+    EXPECT_TRUE(testing::close(layer->experts->w3.grad(), full->experts->w3.grad().narrow(0, f, El), rtol)) << "w3";
+  }
   EXPECT_TRUE(testing::close(layer->experts->w2.grad(), full->experts->w2.grad().narrow(0, f, El), rtol)) << "w2";
   if (s.num_shared > 0) {
     EXPECT_TRUE(testing::close(layer->shared_experts->w1.grad(), full->shared_experts->w1.grad(), rtol)) << "shared";
@@ -220,6 +231,34 @@ TEST(ExpertParallel, OverlappedSlicesGiveTheSameLayer) {
     s.capacity_factor = 1.0;
     for_each_ep(s);
     s.hot_expert = s.E - 1;
+    for_each_ep(s);
+  }
+}
+
+// FasterMoE's shadowing: the busiest rank's experts copied to every rank, each rank running its own
+// tokens for them. Where a row is computed changes; the layer must not. All tokens on one remote expert
+// make its owner the busiest rank by far, so that expert is shadowed.
+TEST(ExpertParallel, ShadowExpertsGiveTheSameLayer) {
+  for (int64_t n : {1, 3}) {
+    SCOPED_TRACE("shadow_experts " + std::to_string(n));
+    ParityCase s;
+    s.shadows = n;
+    for_each_ep(s);
+    s.K = 1;
+    s.hot_expert = s.E - 1;
+    s.expect_shadowed = true;
+    for_each_ep(s);
+    s.type = ExpertType::kGELU;
+    s.overlap_degree = 3;
+    s.num_shared = 1;
+    for_each_ep(s);
+    s.type = ExpertType::kSwiGLU;
+    s.capacity_factor = 1.0;
+    for_each_ep(s);
+    s = ParityCase{};
+    s.shadows = n;
+    s.K = 4;
+    s.score = ScoreFunction::kSigmoid;
     for_each_ep(s);
   }
 }

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "core/check.h"
+#include "core/shadow_experts.h"
 #include "reference.h"
 #include "testing.h"
 
@@ -428,6 +429,31 @@ TEST(MoELayerEdges, KeepsLeadingDimensions) {
   const at::Tensor y = layer->forward(x).y;
   EXPECT_EQ(y.sizes(), x.sizes());
   EXPECT_TRUE(testing::close(y.view({24, c.D}), layer->forward(x.view({24, c.D})).y, 1e-7));
+}
+
+// Which experts shadowing copies, worked by hand. Two ranks of experts {0, 1} and {2, 3}: rank 1 computes
+// 30 + 5 + 40 + 5 = 80 rows, rank 0 20. Shadowing expert 2 moves rank 0's 30 rows for it home (50 and
+// 50); expert 3 would move 5 (25 and 75). Then rank 0 is the busiest (the first of equals), and neither of
+// its experts lowers the peak of 50 any more.
+TEST(ShadowExperts, ChoosesTheBusiestRanksMostRequestedExpert) {
+  const std::vector<int64_t> counts = {10, 0, 30, 5,  // from rank 0
+                                       10, 0, 40, 5};  // from rank 1
+  EXPECT_EQ(choose_shadow_experts(counts, 2, 2, 2, 1), std::vector<int64_t>({2}));
+  EXPECT_EQ(choose_shadow_experts(counts, 2, 2, 2, 30), std::vector<int64_t>({2}));  // gains 80 - 50 = 30 rows
+  EXPECT_EQ(choose_shadow_experts(counts, 2, 2, 2, 31), std::vector<int64_t>());
+  EXPECT_EQ(choose_shadow_experts(counts, 2, 2, 0, 1), std::vector<int64_t>());
+  const std::vector<int64_t> balanced = {5, 5, 5, 5, 5, 5, 5, 5};
+  EXPECT_EQ(choose_shadow_experts(balanced, 2, 2, 4, 1), std::vector<int64_t>());
+  // Three ranks of one expert each, every rank sending 9 rows to expert 2: shadowing it leaves 10, 10, 9;
+  // then rank 0's expert 0 would move rank 2's one row to rank 2 (9, 10, 10): the peak stays 10.
+  const std::vector<int64_t> three = {0, 0, 9, 0, 0, 9, 1, 1, 9};
+  EXPECT_EQ(choose_shadow_experts(three, 3, 1, 3, 1), std::vector<int64_t>({2}));
+  // Two: rank 1 computes 100 rows, 60 of them rank 0's; shadowing expert 2 leaves 30 and 70, then
+  // expert 3 60 and 40.
+  const std::vector<int64_t> two = {0, 0, 30, 30,
+                                    0, 0, 20, 20};
+  EXPECT_EQ(choose_shadow_experts(two, 2, 2, 1, 1), std::vector<int64_t>({2}));
+  EXPECT_EQ(choose_shadow_experts(two, 2, 2, 2, 1), std::vector<int64_t>({2, 3}));
 }
 
 }  // namespace

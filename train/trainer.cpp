@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <utility>
 
 #include "core/check.h"
 #include "parallel/watchdog.h"
@@ -315,8 +316,10 @@ StepStats Trainer::train_step(int64_t step) {
     optimizer_->step(stats.lr);
   }
   ExchangeStats exchanges;
-  for (MoELayer& layer : moe_layers_) {
-    const ExchangeStats e = layer->take_exchange_stats();
+  shadowed_.resize(moe_layers_.size(), 0);
+  for (size_t l = 0; l < moe_layers_.size(); ++l) {
+    const ExchangeStats e = moe_layers_[l]->take_exchange_stats();
+    shadowed_[l] += e.shadowed_experts;  // the same on every rank: the choice is collective
     exchanges.bytes_sent += e.bytes_sent;
     exchanges.bytes_received += e.bytes_received;
     exchanges.times.exchange += e.times.exchange;
@@ -408,6 +411,7 @@ void Trainer::report_interval() {
                         {"aux_loss", losses[l][0].item<double>()},
                         {"z_loss", losses[l][1].item<double>()}};
     if (router.bias_update_rate > 0) j["expert_bias"] = row(moe_layers_[l]->router->expert_bias.to(at::kCPU, at::kDouble));
+    if (config_.model.moe.shadow_experts > 0) j["shadowed_experts"] = std::exchange(shadowed_[l], 0);
     layers.push_back(std::move(j));
     ++l;
   }

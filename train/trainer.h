@@ -84,6 +84,7 @@ class Trainer {
   std::unique_ptr<TokenFile> train_data_, val_data_;
   std::unique_ptr<MetricsLog> metrics_;  // rank 0 only
   std::vector<Pending> pending_;
+  std::vector<int64_t> shadowed_;  // per MoE layer: experts shadowed over pending_'s steps (moe.shadow_experts)
   int64_t accumulation_ = 1;
   int64_t start_step_ = 0;  // the step a resumed run continues after
   int64_t last_saved_ = -1;
