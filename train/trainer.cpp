@@ -113,6 +113,7 @@ Trainer::Trainer(const Config& config, Communicator& world, Communicator& contro
   // Router jitter draws from the global generator: the same run gives the same draws, ranks differ.
   at::manual_seed(t.seed + 1000003ull * static_cast<uint64_t>(world.rank() + 1));
   moe_layers_ = model_->moe_layers();
+  shadowed_.assign(moe_layers_.size(), 0);
   if (t.profile) {
     if (device_.is_cuda()) phases_.synchronize = synchronize_cuda;
     model_->set_phase_times(&phases_);
@@ -316,7 +317,6 @@ StepStats Trainer::train_step(int64_t step) {
     optimizer_->step(stats.lr);
   }
   ExchangeStats exchanges;
-  shadowed_.resize(moe_layers_.size(), 0);
   for (size_t l = 0; l < moe_layers_.size(); ++l) {
     const ExchangeStats e = moe_layers_[l]->take_exchange_stats();
     shadowed_[l] += e.shadowed_experts;  // the same on every rank: the choice is collective
