@@ -40,13 +40,13 @@ class ExpertFFN : public torch::autograd::Function<ExpertFFN> {
           at::mm_out(h3e, xe, w3[e]);
           swiglu_out(he, h1e, h3e);
         } else {
-          at::gelu_out(he, h1e);
+          gelu_out(he, h1e);  // h1e becomes the slope, on the CPU
         }
         at::mm_out(ye, he, w2[e]);
       }
       offset += n;
     }
-    ctx->save_for_backward({x, w1, w3, w2, h1, h3, h});
+    ctx->save_for_backward({x, w1, w3, w2, h1, h3, h});  // h1: GELU's slope, where gelu_out left it
     ctx->saved_data["rows"] = rows;
     return y;
   }
@@ -68,8 +68,8 @@ class ExpertFFN : public torch::autograd::Function<ExpertFFN> {
       if (swiglu) dw3 = at::empty_like(w3);
     }
     const int64_t most = rows.empty() ? 0 : *std::max_element(rows.begin(), rows.end());
-    const at::Tensor dh_buf = at::empty({most, h.size(1)}, h.options()), dh1_buf = at::empty_like(dh_buf);
-    const at::Tensor dh3_buf = swiglu ? at::empty_like(dh_buf) : at::Tensor();
+    const at::Tensor dh_buf = at::empty({most, h.size(1)}, h.options());
+    const at::Tensor dh1_buf = swiglu ? at::empty_like(dh_buf) : at::Tensor(), dh3_buf = swiglu ? at::empty_like(dh_buf) : at::Tensor();
     int64_t offset = 0;
     for (size_t e = 0; e < rows.size(); ++e) {
       const int64_t n = rows[e];
@@ -82,13 +82,14 @@ class ExpertFFN : public torch::autograd::Function<ExpertFFN> {
         continue;
       }
       const at::Tensor xe = x.narrow(0, offset, n), dye = dy.narrow(0, offset, n), h1e = h1.narrow(0, offset, n);
-      at::Tensor dh = dh_buf.narrow(0, 0, n), dh1 = dh1_buf.narrow(0, 0, n), dh3;
+      at::Tensor dh = dh_buf.narrow(0, 0, n), dh1 = dh, dh3;
       at::mm_out(dh, dye, w2[e].t());
       if (swiglu) {
+        dh1 = dh1_buf.narrow(0, 0, n);
         dh3 = dh3_buf.narrow(0, 0, n);
         swiglu_backward_out(dh1, dh3, h1e, h3.narrow(0, offset, n), dh);
       } else {
-        at::gelu_backward_out(dh1, dh, h1e);
+        gelu_backward_(dh1, h1e);
       }
       if (want_dw) {
         at::Tensor dw2e = dw2[e], dw1e = dw1[e];

@@ -19,8 +19,8 @@ bool fast_path(const at::Tensor& x) {
   return x.device().is_cpu() && x.is_contiguous() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
 }
 
-// SwiGLU's kernels are float32 only: all their tensors on the CPU, contiguous, float32.
-bool swiglu_fast_path(std::initializer_list<const at::Tensor*> tensors) {
+// SwiGLU's and GELU's kernels are float32 only: all their tensors on the CPU, contiguous, float32.
+bool float32_path(std::initializer_list<const at::Tensor*> tensors) {
   for (const at::Tensor* t : tensors) {
     if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || !t->is_contiguous()) return false;
   }
@@ -156,7 +156,7 @@ class RotateHalfFunction : public torch::autograd::Function<RotateHalfFunction> 
 void swiglu_out(at::Tensor& h, const at::Tensor& a, const at::Tensor& b) {
   MOE_CHECK(a.sizes() == b.sizes() && h.sizes() == a.sizes(), "swiglu: gate ", a.sizes(), ", up ", b.sizes(),
             " and output ", h.sizes(), " differ in shape");
-  if (!swiglu_fast_path({&h, &a, &b})) {
+  if (!float32_path({&h, &a, &b})) {
     at::silu_out(h, a).mul_(b);
     return;
   }
@@ -169,7 +169,7 @@ void swiglu_out(at::Tensor& h, const at::Tensor& a, const at::Tensor& b) {
 void swiglu_backward_out(at::Tensor& da, at::Tensor& db, const at::Tensor& a, const at::Tensor& b, const at::Tensor& dh) {
   MOE_CHECK(a.sizes() == b.sizes() && dh.sizes() == a.sizes() && da.sizes() == a.sizes() && db.sizes() == a.sizes(),
             "swiglu backward: gate ", a.sizes(), ", up ", b.sizes(), " and gradient ", dh.sizes(), " differ in shape");
-  if (!swiglu_fast_path({&da, &db, &a, &b, &dh})) {  // autograd's own ops, roundings and all (bf16 rounds each)
+  if (!float32_path({&da, &db, &a, &b, &dh})) {  // autograd's own ops, roundings and all (bf16 rounds each)
     at::mul_out(db, dh, at::silu(a));
     at::silu_backward_out(da, dh * b, a);
     return;
@@ -179,6 +179,30 @@ void swiglu_backward_out(at::Tensor& da, at::Tensor& db, const at::Tensor& a, co
   at::parallel_for(0, a.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
     vec::swiglu_backward(ap + begin, bp + begin, gp + begin, dap + begin, dbp + begin, end - begin);
   });
+}
+
+void gelu_out(at::Tensor& h, at::Tensor& a) {
+  MOE_CHECK(h.sizes() == a.sizes(), "gelu: input ", a.sizes(), " and output ", h.sizes(), " differ in shape");
+  if (!float32_path({&a})) {
+    at::gelu_out(h, a);
+    return;
+  }
+  // Whether a holds the slope afterwards depends on a alone: gelu_backward_ sees only a.
+  at::Tensor out = float32_path({&h}) ? h : at::empty_like(a);
+  float *ap = a.data_ptr<float>(), *hp = out.data_ptr<float>();
+  at::parallel_for(0, a.numel(), kElementwiseGrain,
+                   [&](int64_t begin, int64_t end) { vec::gelu(ap + begin, hp + begin, end - begin); });
+  if (!out.is_same(h)) h.copy_(out);
+}
+
+void gelu_backward_(at::Tensor& dh, const at::Tensor& a) {
+  MOE_CHECK(dh.sizes() == a.sizes(), "gelu backward: input ", a.sizes(), " and gradient ", dh.sizes(),
+            " differ in shape");
+  if (float32_path({&a})) {  // a holds the slope, as gelu_out left it
+    dh.mul_(a);
+  } else {
+    at::gelu_backward_out(dh, dh, a);
+  }
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {

@@ -16,6 +16,13 @@ namespace moe {
 void swiglu_out(at::Tensor& h, const at::Tensor& a, const at::Tensor& b);
 void swiglu_backward_out(at::Tensor& da, at::Tensor& db, const at::Tensor& a, const at::Tensor& b, const at::Tensor& dh);
 
+// Exact (erf) GELU, h = gelu(a), for the experts' FFN like SwiGLU's gate above. On the CPU, for
+// contiguous float32, one pass that also writes the slope gelu'(a) over a, so that the backward is one
+// multiply instead of a second evaluation of erf and exp; elsewhere ATen's gelu, a kept. gelu_backward_
+// takes what gelu_out left in a and turns dh into da in place.
+void gelu_out(at::Tensor& h, at::Tensor& a);
+void gelu_backward_(at::Tensor& dh, const at::Tensor& a);
+
 // x / sqrt(mean(x^2, last dim) + eps) * weight, computed in float32, returned in x's dtype. weight:
 // float32 [x.size(-1)].
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);

@@ -36,6 +36,11 @@ inline V vmax(V a, V b) { return _mm256_max_ps(a, b); }
 inline V vfmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 inline V vfnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
 inline V vfloor(V x) { return _mm256_floor_ps(x); }
+inline V vabs(V x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+// if_negative where x < 0, else if_not.
+inline V vselect_negative(V x, V if_negative, V if_not) {
+  return _mm256_blendv_ps(if_not, if_negative, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
 // 2^n for integral n with n + 127 in [0, 255].
 inline V pow2(V n) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23));
@@ -87,6 +92,10 @@ inline V vmax(V a, V b) { return _mm512_max_ps(a, b); }
 inline V vfmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline V vfnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
 inline V vfloor(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+inline V vabs(V x) { return _mm512_abs_ps(x); }
+inline V vselect_negative(V x, V if_negative, V if_not) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), if_not, if_negative);
+}
 inline V pow2(V n) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23));
 }
@@ -129,6 +138,13 @@ Isa isa() {
 
 float sigmoid_scalar(float a) { return 1.0f / (1.0f + exp_scalar(-a)); }
 
+// The scalar form of vector_math_kernels.inc's gelu, with float64's erfc.
+void gelu_scalar(float a, float* h, float* slope) {
+  const double x = a, cdf = 0.5 * std::erfc(-x * M_SQRT1_2);
+  *h = static_cast<float>(x * cdf);
+  *slope = static_cast<float>(cdf + x * std::exp(-0.5 * x * x) * 0.5 * M_2_SQRTPI * M_SQRT1_2);
+}
+
 }  // namespace
 
 float max(const float* x, int64_t n) {
@@ -155,6 +171,11 @@ void swiglu_backward(const float* a, const float* b, const float* dh, float* da,
     db[i] = dh[i] * a[i] * s;
     da[i] = dh[i] * b[i] * s * (1.0f + a[i] * (1.0f - s));
   }
+}
+
+void gelu(float* a, float* h, int64_t n) {
+  MOE_VECTOR_DISPATCH(gelu, a, h, n)
+  for (int64_t i = 0; i < n; ++i) gelu_scalar(a[i], h + i, a + i);
 }
 
 }  // namespace moe::vec

@@ -114,10 +114,33 @@ TEST(FusedSwiGLU, MatchesFloat64ElementwiseWithGradients) {
   }
 }
 
+// Exact GELU element by element in float64, and its backward through what gelu_out leaves in its input:
+// the fused kernel (contiguous), ATen's gelu and gelu_backward (transposed), and the fused kernel writing
+// into a transposed output.
+TEST(FusedGELU, MatchesFloat64ElementwiseWithGradients) {
+  at::manual_seed(25);
+  const at::Tensor a = at::cat({at::randn({5, 37}) * 4, at::linspace(-95, 95, 37).view({1, 37})}),
+                   dh = at::randn({6, 37});
+  const at::Tensor ad = a.to(at::kDouble), cdf = 0.5 * at::erfc(-ad / std::sqrt(2.0));
+  const at::Tensor want = ad * cdf, want_da = dh.to(at::kDouble) * (cdf + ad * at::exp(-0.5 * ad * ad) / std::sqrt(2 * M_PI));
+  for (const int layout : {0, 1, 2}) {
+    SCOPED_TRACE(layout == 0 ? "the fused kernel" : layout == 1 ? "ATen's formula" : "a transposed output");
+    const auto lay = [](const at::Tensor& t) { return t.t().contiguous().t(); };
+    at::Tensor saved = layout == 1 ? lay(a) : a.clone(), h = layout == 0 ? at::empty_like(a) : lay(at::empty_like(a));
+    gelu_out(h, saved);
+    at::Tensor da = layout == 1 ? lay(dh) : dh.clone();
+    gelu_backward_(da, saved);
+    EXPECT_TRUE(testing::close(h, want, 1e-6));
+    EXPECT_TRUE(testing::close(da, want_da, 1e-6));
+  }
+}
+
 TEST(FusedKernels, RefuseMismatchedShapes) {
   EXPECT_THROW(rms_norm(at::randn({2, 5}), at::ones({4}), 1e-5), Error);
   at::Tensor h = at::empty({2, 5});
   EXPECT_THROW(swiglu_out(h, at::randn({2, 5}), at::randn({5, 2})), Error);
+  at::Tensor a = at::randn({5, 2});
+  EXPECT_THROW(gelu_out(h, a), Error);
   EXPECT_THROW(rotate_half(at::randn({1, 3, 1, 8}), at::ones({2, 4}), at::ones({2, 4})), Error);
 }
 
