@@ -1,8 +1,8 @@
 #pragma once
-// RMSNorm, rotary embedding and SwiGLU's gate as single passes over memory. In ATen's terms each is
+// RMSNorm, rotary embedding, SwiGLU's gate and GELU as single passes over memory. In ATen's terms each is
 // 5-14 kernels, every one a pass over the activations and a fresh tensor (measured 6 ms per RMSNorm and
 // 5 ms per rotation, forward and backward, at brown-moe's shapes on one core). On the CPU, for contiguous
-// activations (float32 or bf16; SwiGLU float32 only), these compute forward in one pass and backward in
+// activations (float32 or bf16; SwiGLU and GELU float32 only), these compute forward in one pass and backward in
 // one (float arithmetic, RMSNorm's row sums in double). Elsewhere (a GPU, other layouts) they run the
 // same formula in ATen ops.
 #include <ATen/ATen.h>
