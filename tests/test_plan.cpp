@@ -98,6 +98,30 @@ TEST(Plan, ActivationsByRecomputeByHand) {
   EXPECT_EQ(2 * bf16_ep2.a2a_bytes_per_step, f32_ep2.a2a_bytes_per_step);
 }
 
+// Shadow experts on tiny at EP 2 (2 MoE layers, 4 SwiGLU experts of 3 x 64 x 64 = 12288 weights, 2 a
+// rank), one a layer: every rank holds a copied expert per layer until backward, float32 (4 bytes), its
+// bf16 cast instead in bfloat16 (2), with recompute moe the float32 copies and one layer's cast again,
+// with full one block's; backward's new gradients gain the copy's and the owner's returned shard (2
+// experts), at 4 bytes (6 in bfloat16). Without EP there is nothing to copy from.
+TEST(Plan, ShadowExpertsByHand) {
+  const std::string tiny = std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml";
+  const auto delta = [&](std::vector<std::string> overrides, int world) {
+    const Plan off = make_plan(load_config(tiny, overrides, world), world);
+    overrides.push_back("moe.shadow_experts=1");
+    const Plan on = make_plan(load_config(tiny, overrides, world), world);
+    EXPECT_EQ(on.activation_bytes, off.activation_bytes);
+    EXPECT_EQ(on.grad_bytes, off.grad_bytes);
+    return std::make_pair(on.param_bytes - off.param_bytes, on.buffer_bytes - off.buffer_bytes);
+  };
+  const int64_t expert = 12288;
+  const std::string ep2 = "parallel.expert_parallel_size=2";
+  EXPECT_EQ(delta({ep2}, 2), std::make_pair(2 * expert * 4, 4 * 3 * expert));
+  EXPECT_EQ(delta({ep2, "train.dtype=bfloat16"}, 2), std::make_pair(2 * expert * 2, 6 * 3 * expert));
+  EXPECT_EQ(delta({ep2, "train.dtype=bfloat16", "train.recompute=moe"}, 2).first, 2 * expert * 4 + expert * 2);
+  EXPECT_EQ(delta({ep2, "train.recompute=full"}, 2).first, expert * 4);
+  EXPECT_EQ(delta({}, 1), std::make_pair(int64_t{0}, int64_t{0}));
+}
+
 TEST(Plan, ShardedOptimizerSplitsTheStateOverItsGroups) {
   // 4 ranks, EP 2: the dense parameters' moments and reduced gradient (12 bytes each) over 4 ranks, each
   // rank's experts' over their expert-data-parallel group of 2.

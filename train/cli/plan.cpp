@@ -140,6 +140,16 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
     if (c.train.recompute == Recompute::kFull) cast = V * D + largest_block_weights;
     p.param_bytes += 2 * cast;
   }
+  // Shadow experts (EP > 1): each MoE layer's forward copies up to moe.shadow_experts experts' float32
+  // weights to every rank, held until its backward by the FFN that runs on them: in bfloat16 their casts
+  // instead, as the float32 copies go once cast; recompute moe keeps them as its inputs and casts one
+  // layer's again; full keeps one block's copies, and their casts in bfloat16.
+  const N shadow = EP > 1 ? std::min<N>(o.moe.shadow_experts, E) * expert : 0;
+  switch (c.train.recompute) {
+    case Recompute::kNone: p.param_bytes += p.num_moe_layers * shadow * (bf16 ? 2 : 4); break;
+    case Recompute::kMoE: p.param_bytes += p.num_moe_layers * shadow * 4 + (bf16 ? 2 * shadow : 0); break;
+    case Recompute::kFull: p.param_bytes += shadow * (bf16 ? 6 : 4); break;
+  }
   p.grad_bytes = 4 * p.params_per_rank;
   // Unsharded, the gradients live in GradSync's buckets (.grad is a view), so reducing them needs no
   // buffer. The sharded optimizer reduce-scatters through one buffer: buckets of up to 32 MiB, but a
@@ -165,6 +175,8 @@ PlanOf<N> plan_of(const Config& c, int world_size) {
                                               : 8 * p.params_per_rank;
   // Backward makes each weight's gradient before adding it into .grad: a layer's at a time (in bfloat16
   // the bf16 one and its float32 conversion).
+  // Shadowing adds the copies' gradients and the owner's shard that their all-reduce returns.
+  if (shadow > 0) largest_layer += shadow + experts_per_rank * expert;
   p.buffer_bytes = bucket + (bf16 ? 6 : 4) * std::max(largest_layer, V * D);
   const N accumulation = c.accumulation_steps(world_size);
   // Four exchanges a layer: dispatch and combine, forward and backward. Once per expert each sends T*K rows
